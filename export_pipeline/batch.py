@@ -1,0 +1,214 @@
+"""One dataset batch, end to end: extract -> validate -> load, exactly once.
+
+The rows loaded, the dead letters, the ledger row and the new watermark commit in one DuckDB
+transaction; on any error it rolls back (the previous state stays), a ``failed`` ledger row is
+written, and the error propagates. The next run converges to what one clean run would give.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import duckdb
+
+from export_pipeline import extract, load, validate
+from export_pipeline.config import Settings
+from export_pipeline.contract import CONTRACT_VERSION, Dataset
+from export_pipeline.extract import Window
+from export_pipeline.sqlfiles import read_sql
+from export_pipeline.warehouse import get_watermark, run_sql
+
+BatchMode = Literal["microbatch", "backfill"]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    batch_id: str
+    dataset: str
+    mode: BatchMode
+    window_start: datetime | None
+    window_end: datetime
+    extracted: int
+    inserted: int
+    updated: int
+    unchanged: int
+    stale: int
+    dead_lettered: int
+    dead_letters_by_reason: dict[str, int]
+    duration_ms: int
+    watermark: datetime | None
+    #: now - latest cursor the warehouse holds for the dataset, in seconds (None when empty).
+    lag_seconds: float | None
+
+    @property
+    def loaded(self) -> int:
+        return self.inserted + self.updated
+
+    @property
+    def accounted(self) -> int:
+        return self.loaded + self.unchanged + self.stale + self.dead_lettered
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def microbatch_window(
+    con: duckdb.DuckDBPyConnection, ds: Dataset, settings: Settings, source_now: datetime
+) -> Window:
+    """``(watermark - lookback, now - safety_lag]``, from the beginning on the first run."""
+    watermark = get_watermark(con, ds)
+    start = None if watermark is None else watermark - settings.lookback
+    return Window(start=start, end=source_now - settings.safety_lag)
+
+
+def run_dataset_batch(
+    ds: Dataset,
+    *,
+    source_dsn: str,
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    run_id: str | None = None,
+    mode: BatchMode = "microbatch",
+    window: Window | None = None,
+) -> BatchResult:
+    """Export one batch of one dataset; the window defaults to the micro-batch window."""
+    batch_id = str(uuid.uuid4())
+    started_at = datetime.now(UTC)
+    t0 = time.perf_counter()
+    run_sql(con, "BEGIN TRANSACTION")
+    try:
+        with extract.connect(source_dsn) as src:
+            extract.check_source_schema(src, ds)
+            now = extract.source_now(src)
+            window = window or microbatch_window(con, ds, settings, now)
+            load.create_stage(con, ds)
+            staged = 0
+            for record_batch in extract.extract_window(src, ds, window, settings.batch_size):
+                checked = validate.validate_batch(ds, validate.to_frame(record_batch), now)
+                load.stage_rows(con, ds, checked.valid, staged)
+                load.stage_dead_letters(con, checked.dead_letters)
+                staged += checked.extracted
+        outcomes = load.apply_classified(con, ds, batch_id)
+        by_reason = dict(
+            run_sql(con, f"SELECT reason, count(*) FROM {load.STAGE_DEAD_LETTERS} GROUP BY ALL")
+        )
+        run_sql(
+            con,
+            read_sql("warehouse", "merge_dead_letters.sql"),
+            {"dataset": ds.name, "contract_version": CONTRACT_VERSION, "batch_id": batch_id},
+        )
+        dead_lettered = sum(by_reason.values())
+        result = BatchResult(
+            batch_id=batch_id,
+            dataset=ds.name,
+            mode=mode,
+            window_start=window.start,
+            window_end=window.end,
+            extracted=staged,
+            inserted=outcomes["insert"],
+            updated=outcomes["update"],
+            unchanged=outcomes["unchanged"],
+            stale=outcomes["stale"],
+            dead_lettered=dead_lettered,
+            dead_letters_by_reason={str(k): int(v) for k, v in sorted(by_reason.items())},
+            duration_ms=int((time.perf_counter() - t0) * 1000),
+            watermark=None,
+            lag_seconds=None,
+        )
+        if result.accounted != result.extracted:
+            raise AssertionError(f"{ds.name}: accounting identity broken: {result}")
+        _record_batch(con, result, run_id, started_at, "succeeded", None)
+        if mode == "microbatch":
+            run_sql(
+                con,
+                read_sql("warehouse", "merge_watermark.sql"),
+                {"dataset": ds.name, "watermark": window.end},
+            )
+        run_sql(con, "COMMIT")
+    except BaseException as exc:
+        run_sql(con, "ROLLBACK")
+        _record_failure(con, ds, batch_id, run_id, mode, window, started_at, t0, exc)
+        raise
+    return _with_position(con, ds, result, now)
+
+
+def _with_position(
+    con: duckdb.DuckDBPyConnection, ds: Dataset, result: BatchResult, now: datetime
+) -> BatchResult:
+    ((latest,),) = run_sql(con, f'SELECT max("{ds.cursor}") FROM "{ds.name}"')
+    lag = None if latest is None else max((now - latest).total_seconds(), 0.0)
+    return BatchResult(
+        **{**asdict(result), "watermark": get_watermark(con, ds), "lag_seconds": lag}
+    )
+
+
+def _record_batch(
+    con: duckdb.DuckDBPyConnection,
+    r: BatchResult,
+    run_id: str | None,
+    started_at: datetime,
+    status: str,
+    error: str | None,
+) -> None:
+    run_sql(
+        con,
+        read_sql("warehouse", "insert_batch.sql"),
+        {
+            "batch_id": r.batch_id,
+            "dataset": r.dataset,
+            "run_id": run_id,
+            "mode": r.mode,
+            "window_start": r.window_start,
+            "window_end": r.window_end,
+            "extracted": r.extracted,
+            "inserted": r.inserted,
+            "updated": r.updated,
+            "unchanged": r.unchanged,
+            "stale": r.stale,
+            "dead_lettered": r.dead_lettered,
+            "started_at": started_at,
+            "finished_at": datetime.now(UTC),
+            "duration_ms": r.duration_ms,
+            "status": status,
+            "error": error,
+        },
+    )
+
+
+def _record_failure(
+    con: duckdb.DuckDBPyConnection,
+    ds: Dataset,
+    batch_id: str,
+    run_id: str | None,
+    mode: BatchMode,
+    window: Window | None,
+    started_at: datetime,
+    t0: float,
+    exc: BaseException,
+) -> None:
+    """Record a failed batch in the ledger, best effort, in its own transaction."""
+    failed = BatchResult(
+        batch_id=batch_id,
+        dataset=ds.name,
+        mode=mode,
+        window_start=window.start if window else None,
+        window_end=window.end if window else started_at,
+        extracted=0,
+        inserted=0,
+        updated=0,
+        unchanged=0,
+        stale=0,
+        dead_lettered=0,
+        dead_letters_by_reason={},
+        duration_ms=int((time.perf_counter() - t0) * 1000),
+        watermark=None,
+        lag_seconds=None,
+    )
+    try:
+        _record_batch(con, failed, run_id, started_at, "failed", f"{type(exc).__name__}: {exc}")
+    except duckdb.Error:
+        pass

@@ -1,0 +1,94 @@
+"""Settings, read from the environment once, when the pipeline starts.
+
+Every variable is listed in `.env.example` and the README. A bad value fails at start with a
+one-line :class:`ConfigError` that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Source PostgreSQL URL; None means "use the embedded PostgreSQL".
+    source_dsn: str | None
+    data_dir: Path
+    lookback: timedelta
+    safety_lag: timedelta
+    batch_size: int
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        dsn = env.get("EXPORT_SOURCE_DSN") or None
+        if dsn is not None:
+            _check_dsn(dsn)
+        data_dir = Path(env.get("EXPORT_DATA_DIR") or "./data").expanduser().resolve()
+        return cls(
+            source_dsn=dsn,
+            data_dir=data_dir,
+            lookback=timedelta(minutes=_number(env, "EXPORT_LOOKBACK_MINUTES", 15.0)),
+            safety_lag=timedelta(seconds=_number(env, "EXPORT_SAFETY_LAG_SECONDS", 60.0)),
+            batch_size=int(_number(env, "EXPORT_BATCH_SIZE", 100_000, minimum=1, integer=True)),
+        )
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    minimum: float = 0,
+    integer: bool = False,
+) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum:g}")
+    return value
+
+
+def _check_dsn(dsn: str) -> None:
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError("EXPORT_SOURCE_DSN is not a valid PostgreSQL URL") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            "EXPORT_SOURCE_DSN must be a postgresql:// URL "
+            f"(got scheme {parts.scheme or '(none)'!r})"
+        )
+    if not parts.path.strip("/"):
+        raise ConfigError("EXPORT_SOURCE_DSN names no database (postgresql://host/DBNAME)")
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced, fit for logs and summaries."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

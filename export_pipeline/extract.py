@@ -1,0 +1,137 @@
+"""Extract stage: stream a dataset's contract columns out of PostgreSQL as Arrow record batches.
+
+Reads go through ADBC, which streams the result of a parameter-free query with binary COPY in
+bounded memory (a query with bind parameters comes back as one batch). So the window's values are
+bound to session settings first (`sql/extract/set_window.sql`) and read back by the query.
+Only the contract's columns are projected: operational extras are never selected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import adbc_driver_postgresql.dbapi as adbc
+import pyarrow as pa
+
+from export_pipeline.contract import Dataset, LogicalType
+from export_pipeline.sqlfiles import read_sql
+from export_pipeline.validate import SchemaMismatchError
+
+#: PostgreSQL types (information_schema.data_type) each contract type may be read from.
+ACCEPTED_SOURCE_TYPES: dict[LogicalType, frozenset[str]] = {
+    "uuid": frozenset({"uuid"}),
+    "text": frozenset({"text", "character varying", "character"}),
+    "int": frozenset({"integer", "smallint"}),
+    "bigint": frozenset({"bigint", "integer", "smallint"}),
+    "numeric": frozenset({"numeric", "integer", "bigint", "smallint", "real", "double precision"}),
+    "timestamptz": frozenset({"timestamp with time zone"}),
+    "jsonb": frozenset({"jsonb", "json"}),
+}
+
+#: Separator of out-of-scope values in the session setting (a control character no value holds).
+_SCOPE_SEPARATOR = "\x1f"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Cursor window ``(start, end]``; ``start=None`` means from the beginning."""
+
+    start: datetime | None
+    end: datetime
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_table(qualified: str) -> str:
+    return ".".join(quote_ident(part) for part in qualified.split("."))
+
+
+@contextmanager
+def connect(dsn: str) -> Iterator[adbc.Connection]:
+    conn = adbc.connect(dsn)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def source_now(conn: adbc.Connection) -> datetime:
+    with conn.cursor() as cur:
+        cur.execute(read_sql("extract", "select_source_now.sql"))
+        (now,) = cur.fetchone()
+    return now
+
+
+def check_source_schema(conn: adbc.Connection, ds: Dataset) -> None:
+    """Fail with a message naming the column when the source no longer fits the contract."""
+    schema, table = ds.source_table.split(".")
+    with conn.cursor() as cur:
+        cur.execute(read_sql("extract", "select_source_columns.sql"), parameters=(schema, table))
+        found = dict(cur.fetchall())
+    if not found:
+        raise SchemaMismatchError(f"{ds.name}: source table {ds.source_table} does not exist")
+    problems = []
+    for col in ds.source_columns:
+        pg_type = found.get(col.source_name)
+        if pg_type is None:
+            problems.append(f"column {col.source_name!r} is missing")
+        elif pg_type not in ACCEPTED_SOURCE_TYPES[col.type]:
+            problems.append(
+                f"column {col.source_name!r} is {pg_type}, the contract needs {col.type}"
+            )
+    if problems:
+        raise SchemaMismatchError(
+            f"{ds.name}: source {ds.source_table} does not fit the contract: " + "; ".join(problems)
+        )
+
+
+def window_query(ds: Dataset) -> str:
+    """The parameter-free window query of a dataset, built from contract identifiers only."""
+    projection = ", ".join(
+        f"{quote_ident(c.source_name)}::text AS {quote_ident(c.name)}"
+        if c.type == "uuid"
+        else f"{quote_ident(c.source_name)} AS {quote_ident(c.name)}"
+        for c in ds.source_columns
+    )
+    if len(ds.out_of_scope) > 1:
+        raise NotImplementedError(f"{ds.name}: at most one out-of-scope rule is supported")
+    scope_filter = ""
+    for column, _values in ds.out_of_scope:
+        col = quote_ident(column)
+        scope_filter = (
+            f"AND ({col} IS NULL OR NOT {col} = ANY (string_to_array("
+            f"current_setting('export_pipeline.out_of_scope'), E'\\x1f')))"
+        )
+    return read_sql("extract", "select_window.sql").format(
+        projection=projection,
+        source_table=quote_table(ds.source_table),
+        cursor=quote_ident(ds.column(ds.cursor).source_name),
+        scope_filter=scope_filter,
+    )
+
+
+def extract_window(
+    conn: adbc.Connection, ds: Dataset, window: Window, batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    """Stream the dataset's in-scope rows in the window, at most ``batch_size`` rows a batch."""
+    out_of_scope = _SCOPE_SEPARATOR.join(v for _c, values in ds.out_of_scope for v in values)
+    with conn.cursor() as cur:
+        cur.execute(
+            read_sql("extract", "set_window.sql"),
+            parameters=(
+                "-infinity" if window.start is None else window.start.isoformat(),
+                window.end.isoformat(),
+                out_of_scope,
+            ),
+        )
+        cur.fetchall()
+        cur.execute(window_query(ds))
+        reader = cur.fetch_record_batch()
+        for batch in reader:
+            for offset in range(0, batch.num_rows, batch_size):
+                yield batch.slice(offset, batch_size)

@@ -1,0 +1,232 @@
+"""Load stage: stage a dataset's valid rows in DuckDB, classify them against the table, apply.
+
+Every staged row gets exactly one outcome, so that extracted = inserted + updated + unchanged +
+stale + dead-lettered holds by construction:
+
+- append datasets (runs, events, snapshots): new key -> ``insert``; same key, same content ->
+  ``unchanged``; same key, other content -> ``update`` (the source wins); a uniqueness guard held
+  by another key, in the table or earlier in the batch -> ``uniqueness_violation`` (dead letter).
+- upsert datasets (companies, persons): per key the highest version in the batch competes; it is
+  ``insert``-ed when new, ``update``-s a lower stored version, is ``stale`` below the stored one,
+  ``unchanged`` at an equal version with equal content, and a ``version_conflict`` (dead letter)
+  at an equal version with other content. Lower versions in the batch are ``stale``.
+
+The SQL is generated from the contract (identifiers only) and runs inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import duckdb
+import polars as pl
+
+from export_pipeline.contract import Dataset
+from export_pipeline.extract import quote_ident
+from export_pipeline.warehouse import DUCKDB_TYPES, run_sql
+
+Outcome = Literal[
+    "insert", "update", "unchanged", "stale", "uniqueness_violation", "version_conflict"
+]
+OUTCOMES: tuple[Outcome, ...] = (
+    "insert",
+    "update",
+    "unchanged",
+    "stale",
+    "uniqueness_violation",
+    "version_conflict",
+)
+DEAD_LETTER_OUTCOMES: tuple[Outcome, ...] = ("uniqueness_violation", "version_conflict")
+
+STAGE = "_stage"
+STAGE_DEAD_LETTERS = "_stage_dead_letters"
+CLASSIFIED = "_classified"
+
+
+def _q(name: str) -> str:
+    return quote_ident(name)
+
+
+def _cols(ds: Dataset, prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{_q(c)}" for c in ds.column_names)
+
+
+def _match(left: str, right: str, columns: tuple[str, ...]) -> str:
+    return " AND ".join(f"{left}.{_q(c)} = {right}.{_q(c)}" for c in columns)
+
+
+def _same_content(ds: Dataset, left: str, right: str) -> str:
+    return (
+        "("
+        + " AND ".join(
+            f"{left}.{_q(c)} IS NOT DISTINCT FROM {right}.{_q(c)}" for c in ds.column_names
+        )
+        + ")"
+    )
+
+
+@contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> Iterator[None]:
+    """Expose a Polars frame to DuckDB as ``_incoming`` (zero-copy, through Arrow)."""
+    con.register("_incoming", frame.to_arrow())
+    try:
+        yield
+    finally:
+        con.unregister("_incoming")
+
+
+def create_stage(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
+    """Temporary tables that collect a batch's valid rows and dead letters before the merge."""
+    columns = ", ".join(f"{_q(c.name)} {DUCKDB_TYPES[c.type]}" for c in ds.columns)
+    run_sql(con, f"CREATE OR REPLACE TEMP TABLE {STAGE} ({columns}, _ord BIGINT)")
+    run_sql(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE {STAGE_DEAD_LETTERS} ("
+        "record_key VARCHAR, org_id VARCHAR, cursor_at TIMESTAMPTZ, reason VARCHAR, "
+        "failed_checks VARCHAR[], row_json VARCHAR)",
+    )
+
+
+def stage_rows(con: duckdb.DuckDBPyConnection, ds: Dataset, rows: pl.DataFrame, first: int) -> None:
+    """Append validated rows to the stage; ``first`` numbers them in extraction order."""
+    if rows.is_empty():
+        return
+    casts = ", ".join(f"CAST({_q(c.name)} AS {DUCKDB_TYPES[c.type]})" for c in ds.columns)
+    with _registered(con, rows.with_row_index("_ord", offset=first)):
+        run_sql(con, f"INSERT INTO {STAGE} SELECT {casts}, _ord FROM _incoming")
+
+
+def stage_dead_letters(con: duckdb.DuckDBPyConnection, letters: pl.DataFrame) -> None:
+    if letters.is_empty():
+        return
+    with _registered(con, letters):
+        run_sql(
+            con,
+            f"INSERT INTO {STAGE_DEAD_LETTERS} SELECT record_key, org_id, cursor_at, reason, "
+            "failed_checks, row_json FROM _incoming",
+        )
+
+
+def classify_sql(ds: Dataset) -> str:
+    """SQL creating ``_classified``: every staged row with its outcome."""
+    pk = ", ".join(_q(c) for c in ds.primary_key)
+    target = _q(ds.name)
+    first_pk = _q(ds.primary_key[0])
+    if ds.write_mode == "upsert":
+        v = _q(ds.version_column or "")
+        return f"""
+CREATE OR REPLACE TEMP TABLE {CLASSIFIED} AS
+WITH ranked AS (
+    SELECT s.*, row_number() OVER (PARTITION BY {pk} ORDER BY {v} DESC, _ord) AS _rank
+    FROM {STAGE} s
+),
+winners AS (SELECT * FROM ranked WHERE _rank = 1)
+SELECT {_cols(ds, "w.")}, w._ord, CASE
+        WHEN t.{first_pk} IS NULL THEN 'insert'
+        WHEN w.{v} > t.{v} THEN 'update'
+        WHEN w.{v} < t.{v} THEN 'stale'
+        WHEN {_same_content(ds, "w", "t")} THEN 'unchanged'
+        ELSE 'version_conflict'
+    END AS _outcome
+FROM winners w LEFT JOIN {target} t ON {_match("w", "t", ds.primary_key)}
+UNION ALL
+SELECT {_cols(ds, "r.")}, r._ord, CASE
+        WHEN r.{v} < w.{v} THEN 'stale'
+        WHEN {_same_content(ds, "r", "w")} THEN 'unchanged'
+        ELSE 'version_conflict'
+    END AS _outcome
+FROM ranked r JOIN winners w ON {_match("r", "w", ds.primary_key)}
+WHERE r._rank > 1
+"""
+    cursor = _q(ds.cursor)
+    guard_joins = "\n".join(
+        f"LEFT JOIN {target} g{i} ON {_match('w', f'g{i}', guard)}"
+        for i, guard in enumerate(ds.unique_guards)
+    )
+    guard_violations = (
+        " OR ".join(
+            [
+                f"(g{i}.{first_pk} IS NOT NULL AND NOT ({_match('w', f'g{i}', ds.primary_key)}))"
+                for i in range(len(ds.unique_guards))
+            ]
+            + [
+                f"row_number() OVER (PARTITION BY {', '.join('w.' + _q(c) for c in guard)} "
+                f"ORDER BY w._in_target DESC, w.{cursor}, w._ord) > 1"
+                for guard in ds.unique_guards
+            ]
+        )
+        or "false"
+    )
+    return f"""
+CREATE OR REPLACE TEMP TABLE {CLASSIFIED} AS
+WITH ranked AS (
+    SELECT s.*, row_number() OVER (PARTITION BY {pk} ORDER BY _ord) AS _rank
+    FROM {STAGE} s
+),
+winners AS (
+    SELECT r.*, t.{first_pk} IS NOT NULL AS _in_target,
+        {_same_content(ds, "r", "t")} AS _same_as_target
+    FROM ranked r LEFT JOIN {target} t ON {_match("r", "t", ds.primary_key)}
+    WHERE r._rank = 1
+),
+guarded AS (
+    SELECT w.*, ({guard_violations}) AS _guard_violation
+    FROM winners w
+    {guard_joins}
+)
+SELECT {_cols(ds)}, _ord, CASE
+        WHEN _guard_violation THEN 'uniqueness_violation'
+        WHEN NOT _in_target THEN 'insert'
+        WHEN _same_as_target THEN 'unchanged'
+        ELSE 'update'
+    END AS _outcome
+FROM guarded
+UNION ALL
+SELECT {_cols(ds, "r.")}, r._ord, CASE
+        WHEN {_same_content(ds, "r", "w")} THEN 'unchanged'
+        ELSE 'uniqueness_violation'
+    END AS _outcome
+FROM ranked r JOIN ranked w ON {_match("r", "w", ds.primary_key)} AND w._rank = 1
+WHERE r._rank > 1
+"""
+
+
+def _dead_letter_checks(ds: Dataset) -> str:
+    """A SQL expression naming the check a load-stage dead letter failed."""
+    if ds.write_mode == "upsert":
+        return f"['{ds.version_column}:equal_version_different_content']"
+    guards = [",".join(g) for g in ds.unique_guards] or [",".join(ds.primary_key)]
+    return "[" + ", ".join(f"'{g}:unique'" for g in guards) + "]"
+
+
+def apply_classified(
+    con: duckdb.DuckDBPyConnection, ds: Dataset, batch_id: str
+) -> dict[Outcome, int]:
+    """Write the classified stage into the table; return the count of each outcome."""
+    target = _q(ds.name)
+    run_sql(con, classify_sql(ds))
+    run_sql(
+        con,
+        f"DELETE FROM {target} USING {CLASSIFIED} c "
+        f"WHERE {_match(target, 'c', ds.primary_key)} AND c._outcome = 'update'",
+    )
+    run_sql(
+        con,
+        f"INSERT INTO {target} ({_cols(ds)}, _batch_id, _loaded_at) "
+        f"SELECT {_cols(ds)}, $batch_id, now() FROM {CLASSIFIED} "
+        "WHERE _outcome IN ('insert', 'update') ORDER BY _ord",
+        {"batch_id": batch_id},
+    )
+    key = ", ".join(f"{_q(c)} := {_q(c)}" for c in ds.primary_key)
+    row = ", ".join(f"{_q(c)} := {_q(c)}" for c in ds.column_names)
+    run_sql(
+        con,
+        f"INSERT INTO {STAGE_DEAD_LETTERS} SELECT to_json(struct_pack({key}))::VARCHAR, "
+        f"org_id::VARCHAR, {_q(ds.cursor)}, _outcome, {_dead_letter_checks(ds)}, "
+        f"to_json(struct_pack({row}))::VARCHAR FROM {CLASSIFIED} "
+        f"WHERE _outcome IN {tuple(DEAD_LETTER_OUTCOMES)}",
+    )
+    counts = dict(run_sql(con, f"SELECT _outcome, count(*) FROM {CLASSIFIED} GROUP BY ALL"))
+    return {o: int(counts.get(o, 0)) for o in OUTCOMES}

@@ -1,0 +1,90 @@
+"""The DuckDB warehouse: connection, DDL derived from the contract, and metadata tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from export_pipeline.contract import (
+    DATASETS,
+    NUMERIC_PRECISION,
+    NUMERIC_SCALE,
+    Dataset,
+    LogicalType,
+)
+from export_pipeline.extract import quote_ident
+from export_pipeline.sqlfiles import read_sql
+
+DUCKDB_TYPES: dict[LogicalType, str] = {
+    "uuid": "UUID",
+    "text": "VARCHAR",
+    "int": "INTEGER",
+    "bigint": "BIGINT",
+    "numeric": f"DECIMAL({NUMERIC_PRECISION}, {NUMERIC_SCALE})",
+    "timestamptz": "TIMESTAMPTZ",
+    "jsonb": "JSON",
+}
+
+#: Pipeline metadata columns on every contract table (a leading underscore marks them).
+META_COLUMNS = (("_batch_id", "VARCHAR"), ("_loaded_at", "TIMESTAMPTZ"))
+
+
+def create_table_sql(ds: Dataset) -> str:
+    """DuckDB DDL of a contract table: its columns, primary key and uniqueness guards."""
+    lines = [
+        f"{quote_ident(c.name)} {DUCKDB_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}"
+        for c in ds.columns
+    ]
+    lines += [f"{name} {sql_type} NOT NULL" for name, sql_type in META_COLUMNS]
+    lines.append(f"PRIMARY KEY ({_ident_list(ds.primary_key)})")
+    lines += [f"UNIQUE ({_ident_list(guard)})" for guard in ds.unique_guards]
+    body = ",\n    ".join(lines)
+    return f"CREATE TABLE IF NOT EXISTS {quote_ident(ds.name)} (\n    {body}\n)"
+
+
+def _ident_list(names: tuple[str, ...]) -> str:
+    return ", ".join(quote_ident(n) for n in names)
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] = DATASETS) -> None:
+    """Create the contract tables and the metadata tables if they do not exist."""
+    run_sql(con, read_sql("warehouse", "create_meta_tables.sql"))
+    for ds in datasets:
+        run_sql(con, create_table_sql(ds))
+
+
+@contextmanager
+def open_warehouse(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the warehouse file, with the schema in place when writable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        if not read_only:
+            ensure_schema(con)
+        yield con
+    finally:
+        con.close()
+
+
+def get_watermark(con: duckdb.DuckDBPyConnection, ds: Dataset) -> datetime | None:
+    rows = run_sql(con, read_sql("warehouse", "select_watermark.sql"), {"dataset": ds.name})
+    return rows[0][0] if rows else None
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> list[tuple]:
+    """Execute a statement and fetch its result to the end.
+
+    DuckDB 2.x refuses further work on a connection whose last ``execute()`` is unfinished.
+    """
+    return con.execute(sql, params or {}).fetchall()
+
+
+def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> list[dict]:
+    """Run a query and return its rows as dicts (small results only)."""
+    cur = con.execute(sql, params or {})
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

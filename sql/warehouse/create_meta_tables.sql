@@ -1,0 +1,52 @@
+-- Pipeline metadata tables. Created once; every statement is idempotent.
+
+-- Rows that broke the contract, one per distinct (dataset, key, reason, content).
+CREATE TABLE IF NOT EXISTS dx_dead_letter (
+    dead_letter_id   VARCHAR PRIMARY KEY,     -- md5(dataset, key, reason, row): stable across re-reads
+    dataset          VARCHAR NOT NULL,
+    contract_version VARCHAR NOT NULL,
+    record_key       JSON NOT NULL,           -- the row's primary key, as a JSON object
+    org_id           VARCHAR,
+    cursor_at        TIMESTAMPTZ,             -- the row's cursor value (null when it had none)
+    reason           VARCHAR NOT NULL,        -- null_required_field | invalid_value | type_cast_failed
+                                              -- | uniqueness_violation | version_conflict
+    failed_checks    VARCHAR[] NOT NULL,
+    row_json         JSON NOT NULL,           -- the row as extracted, secrets redacted
+    batch_id         VARCHAR NOT NULL,        -- batch that last saw it
+    first_seen_at    TIMESTAMPTZ NOT NULL,
+    last_seen_at     TIMESTAMPTZ NOT NULL,
+    last_attempt_at  TIMESTAMPTZ NOT NULL,
+    attempt_count    INTEGER NOT NULL,
+    next_retry_at    TIMESTAMPTZ,
+    status           VARCHAR NOT NULL,        -- open | resolved | exhausted
+    resolved_at      TIMESTAMPTZ,
+    resolution_note  VARCHAR
+);
+
+-- One row per dataset per run: what was extracted and what became of it.
+CREATE TABLE IF NOT EXISTS _export_batches (
+    batch_id      VARCHAR PRIMARY KEY,
+    dataset       VARCHAR NOT NULL,
+    run_id        VARCHAR,                   -- Dagster run id, when run through Dagster
+    mode          VARCHAR NOT NULL,          -- microbatch | backfill
+    window_start  TIMESTAMPTZ,               -- exclusive; null = from the beginning
+    window_end    TIMESTAMPTZ NOT NULL,      -- inclusive
+    extracted     BIGINT NOT NULL,
+    inserted      BIGINT NOT NULL,
+    updated       BIGINT NOT NULL,
+    unchanged     BIGINT NOT NULL,
+    stale         BIGINT NOT NULL,
+    dead_lettered BIGINT NOT NULL,
+    started_at    TIMESTAMPTZ NOT NULL,
+    finished_at   TIMESTAMPTZ NOT NULL,
+    duration_ms   BIGINT NOT NULL,
+    status        VARCHAR NOT NULL,          -- succeeded | failed
+    error         VARCHAR
+);
+
+-- Per dataset: the cursor up to which the micro-batch has read (minus the lookback on re-read).
+CREATE TABLE IF NOT EXISTS _export_watermarks (
+    dataset    VARCHAR PRIMARY KEY,
+    watermark  TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);

@@ -1,0 +1,1 @@
+SELECT watermark FROM _export_watermarks WHERE dataset = $dataset
