@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
@@ -115,23 +115,37 @@ def window_query(ds: Dataset) -> str:
     )
 
 
+def _bind_window(cur: adbc.Cursor, ds: Dataset, window: Window) -> None:
+    out_of_scope = _SCOPE_SEPARATOR.join(v for _c, values in ds.out_of_scope for v in values)
+    cur.execute(
+        read_sql("extract", "set_window.sql"),
+        parameters=(
+            "-infinity" if window.start is None else window.start.isoformat(),
+            window.end.isoformat(),
+            out_of_scope,
+        ),
+    )
+    cur.fetchall()
+
+
 def extract_window(
     conn: adbc.Connection, ds: Dataset, window: Window, batch_size: int
 ) -> Iterator[pa.RecordBatch]:
     """Stream the dataset's in-scope rows in the window, at most ``batch_size`` rows a batch."""
-    out_of_scope = _SCOPE_SEPARATOR.join(v for _c, values in ds.out_of_scope for v in values)
     with conn.cursor() as cur:
-        cur.execute(
-            read_sql("extract", "set_window.sql"),
-            parameters=(
-                "-infinity" if window.start is None else window.start.isoformat(),
-                window.end.isoformat(),
-                out_of_scope,
-            ),
-        )
-        cur.fetchall()
+        _bind_window(cur, ds, window)
         cur.execute(window_query(ds))
         reader = cur.fetch_record_batch()
         for batch in reader:
             for offset in range(0, batch.num_rows, batch_size):
                 yield batch.slice(offset, batch_size)
+
+
+def count_in_scope(conn: adbc.Connection, ds: Dataset, window: Window | None = None) -> int:
+    """Rows the extract would read for ``window`` (all time by default), counted in the source."""
+    window = window or Window(start=None, end=datetime.max.replace(tzinfo=UTC))
+    with conn.cursor() as cur:
+        _bind_window(cur, ds, window)
+        cur.execute(f"SELECT count(*) FROM ({window_query(ds)}) AS in_scope")
+        (count,) = cur.fetchone()
+    return int(count)

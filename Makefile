@@ -1,0 +1,40 @@
+# The two commands: `make demo` and `make test`. Both build .venv from uv.lock first.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: demo test ui lint format env clean
+
+# uv itself: use the one on PATH, else bootstrap it with pip into .tools (no system install).
+.tools/bin/uv:
+	$(PYTHON) -m pip install --quiet --target .tools/lib uv
+	mkdir -p .tools/bin && ln -sf ../lib/bin/uv .tools/bin/uv
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(if $(shell command -v uv 2>/dev/null),,.tools/bin/uv)
+	$(UV) sync --frozen --quiet
+	touch $@
+
+env: $(VENV)/.synced
+
+demo: env
+	$(VENV)/bin/export-pipeline demo
+
+test: env
+	$(VENV)/bin/python -m pytest -q
+
+ui: env
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: env
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .tools data/*.duckdb data/*.duckdb.wal

@@ -1,0 +1,308 @@
+"""`export-pipeline`: the command line.
+
+Every subcommand exits non-zero with a one-line error on failure. Runs go through Dagster (the
+same job a schedule launches) and are recorded in the instance under ``DAGSTER_HOME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime
+from pathlib import Path
+
+from export_pipeline.config import PROJECT_ROOT, ConfigError, Settings, redact_dsn
+from export_pipeline.contract import DATASETS
+
+
+class CliError(RuntimeError):
+    """A failure to report as one line and a non-zero exit."""
+
+
+def _ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, absolute; defaults to the project's ``dagster_home/``."""
+    configured = os.environ.get("DAGSTER_HOME")
+    if configured:
+        home = Path(configured).expanduser().resolve()
+    elif (PROJECT_ROOT / "dagster_home").is_dir():
+        home = PROJECT_ROOT / "dagster_home"
+    else:
+        home = Path.home() / ".export_pipeline" / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _source_dsn(settings: Settings) -> str:
+    if settings.source_dsn:
+        return settings.source_dsn
+    from export_pipeline.source import embedded_postgres
+
+    return embedded_postgres()
+
+
+# --- source ---------------------------------------------------------------------------------
+
+
+def cmd_source_init(args: argparse.Namespace, settings: Settings) -> int:
+    from export_pipeline.source import create_source_schema
+
+    dsn = _source_dsn(settings)
+    create_source_schema(dsn)
+    print(f"source schema ready in {redact_dsn(dsn)}")
+    return 0
+
+
+def cmd_source_seed(args: argparse.Namespace, settings: Settings) -> int:
+    from export_pipeline.source import create_source_schema, seed_source
+
+    dsn = _source_dsn(settings)
+    create_source_schema(dsn)
+    report = seed_source(
+        dsn, scale=args.scale, days=args.days, violations=args.violations, seed=args.seed
+    )
+    for table, rows in report.rows.items():
+        print(f"  {table:<28} {rows:>10,} rows")
+    if report.violations:
+        total = sum(sum(kinds.values()) for kinds in report.violations.values())
+        print(f"  planted contract violations: {total}")
+    return 0
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def run_microbatch() -> tuple[bool, str, list[dict]]:
+    """One micro-batch of every dataset through Dagster; (success, run id, ledger rows)."""
+    _ensure_dagster_home()
+    import dagster as dg
+
+    from export_pipeline.definitions import defs
+
+    with dg.DagsterInstance.get() as instance:
+        job = defs.resolve_job_def("export_microbatch_job")
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+    return result.success, result.run_id, _ledger_for_run(result.run_id)
+
+
+def _ledger_for_run(run_id: str) -> list[dict]:
+    from export_pipeline.warehouse import fetch_dicts, open_warehouse
+
+    with open_warehouse(Settings.from_env().warehouse_path) as con:
+        return fetch_dicts(
+            con,
+            "SELECT * FROM _export_batches WHERE run_id = $run_id ORDER BY started_at",
+            {"run_id": run_id},
+        )
+
+
+def _print_batches(rows: list[dict]) -> None:
+    header = (
+        f"  {'dataset':<24} {'status':<9} {'extracted':>9} {'inserted':>9} {'updated':>8} "
+        f"{'unchanged':>9} {'stale':>6} {'dead':>6}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"  {r['dataset']:<24} {r['status']:<9} {r['extracted']:>9,} {r['inserted']:>9,} "
+            f"{r['updated']:>8,} {r['unchanged']:>9,} {r['stale']:>6,} {r['dead_lettered']:>6,}"
+        )
+        if r["error"]:
+            print(f"    error: {r['error']}")
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    success, run_id, rows = run_microbatch()
+    print(f"micro-batch run {run_id} ({'succeeded' if success else 'FAILED'})")
+    _print_batches(rows)
+    if not success:
+        failed = [r["dataset"] for r in rows if r["status"] == "failed"] or ["(see Dagster logs)"]
+        raise CliError(f"micro-batch failed for: {', '.join(failed)}")
+    return 0
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def dataset_status(settings: Settings) -> list[dict]:
+    """Per dataset: watermark, rows, last batch and open dead letters (read-only)."""
+    import duckdb
+
+    from export_pipeline.warehouse import fetch_dicts
+
+    path = settings.warehouse_path
+    if not path.exists():
+        raise CliError(f"no warehouse at {path} yet: run `export-pipeline run` first")
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as exc:
+        raise CliError(f"warehouse {path} is busy (a run is writing): {exc}") from None
+    try:
+        out = []
+        for ds in DATASETS:
+            (last,) = fetch_dicts(
+                con,
+                "SELECT max(watermark) AS watermark, "
+                "(SELECT count(*) FROM dx_dead_letter WHERE dataset = $d AND status = 'open') "
+                "AS open_dead_letters, "
+                "(SELECT count(*) FROM dx_dead_letter WHERE dataset = $d AND status = "
+                "'exhausted') AS exhausted_dead_letters "
+                "FROM _export_watermarks WHERE dataset = $d",
+                {"d": ds.name},
+            )
+            batches = fetch_dicts(
+                con,
+                "SELECT status, finished_at, error FROM _export_batches WHERE dataset = $d "
+                "ORDER BY finished_at DESC LIMIT 1",
+                {"d": ds.name},
+            )
+            (rows,) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchone()
+            out.append(
+                {
+                    "dataset": ds.name,
+                    "rows": rows,
+                    "watermark": last["watermark"],
+                    "last_batch_status": batches[0]["status"] if batches else None,
+                    "last_batch_at": batches[0]["finished_at"] if batches else None,
+                    "last_batch_error": batches[0]["error"] if batches else None,
+                    "open_dead_letters": last["open_dead_letters"],
+                    "exhausted_dead_letters": last["exhausted_dead_letters"],
+                }
+            )
+        return out
+    finally:
+        con.close()
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    rows = dataset_status(settings)
+    if args.json:
+        print(json.dumps(rows, default=_json_default, indent=2))
+        return 0
+    print(f"warehouse: {settings.warehouse_path}")
+    print(
+        f"  {'dataset':<24} {'rows':>10} {'watermark':<26} {'last batch':<10} "
+        f"{'open DL':>7} {'exhausted':>9}"
+    )
+    for r in rows:
+        watermark = r["watermark"].isoformat(timespec="seconds") if r["watermark"] else "-"
+        print(
+            f"  {r['dataset']:<24} {r['rows']:>10,} {watermark:<26} "
+            f"{r['last_batch_status'] or '-':<10} {r['open_dead_letters']:>7,} "
+            f"{r['exhausted_dead_letters']:>9,}"
+        )
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from export_pipeline import extract
+    from export_pipeline.source import create_source_schema, seed_source
+
+    dsn = _source_dsn(settings)
+    print(f"1. source: PostgreSQL at {redact_dsn(dsn)}")
+    create_source_schema(dsn)
+    report = seed_source(dsn, scale=args.scale, days=args.days, violations=True)
+    planted = sum(sum(k.values()) for k in report.violations.values())
+    print(
+        f"2. seeded {sum(report.rows.values()):,} source rows over {args.days} days "
+        f"(scale {args.scale}), with {planted} planted contract violations"
+    )
+    print("3. exporting all five datasets through Dagster (job export_microbatch_job) ...")
+    success, run_id, batches = run_microbatch()
+    _print_batches(batches)
+    if not success:
+        raise CliError(f"the demo export run {run_id} failed; see the errors above")
+    print("4. warehouse against source (in-scope rows = warehouse rows + dead-lettered rows):")
+    with extract.connect(dsn) as src:
+        in_scope = {ds.name: extract.count_in_scope(src, ds) for ds in DATASETS}
+    from export_pipeline.warehouse import fetch_dicts, open_warehouse
+
+    with open_warehouse(settings.warehouse_path) as con:
+        for ds in DATASETS:
+            ((rows,),) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchall()
+            ((dead,),) = con.execute(
+                "SELECT count(*) FROM dx_dead_letter WHERE dataset = $d AND status = 'open'",
+                {"d": ds.name},
+            ).fetchall()
+            mark = "ok" if in_scope[ds.name] == rows + dead else "MISMATCH"
+            print(
+                f"  {ds.name:<24} source {in_scope[ds.name]:>8,}  warehouse {rows:>8,}  "
+                f"dead-lettered {dead:>4,}  {mark}"
+            )
+        reasons = fetch_dicts(
+            con,
+            "SELECT reason, count(*) AS n FROM dx_dead_letter WHERE status = 'open' "
+            "GROUP BY ALL ORDER BY n DESC",
+        )
+    print("5. dead letters by reason: " + ", ".join(f"{r['reason']} {r['n']}" for r in reasons))
+    print(
+        f"""
+warehouse file:  {settings.warehouse_path}
+query it:        .venv/bin/python -c "import duckdb; print(duckdb.connect('{settings.warehouse_path}', read_only=True).sql('SELECT status, count(*) FROM dx_operation_runs_v1 GROUP BY ALL'))"
+status:          .venv/bin/export-pipeline status
+Dagster UI:      make ui   (then open http://127.0.0.1:3000; run {run_id} is in its run history)"""  # noqa: E501
+    )
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export-pipeline",
+        description="Export data-engine-x PostgreSQL into the DuckDB warehouse (contract v1).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    source = sub.add_parser("source", help="the reference source database")
+    source_sub = source.add_subparsers(dest="source_command", required=True)
+    init = source_sub.add_parser("init", help="create the reference source schema (ops, entities)")
+    init.set_defaults(func=cmd_source_init)
+    seed = source_sub.add_parser("seed", help="fill the source with realistic synthetic data")
+    seed.add_argument("--scale", type=float, default=0.01, help="1 = 1M runs (default 0.01)")
+    seed.add_argument("--days", type=int, default=7, help="days of history (default 7)")
+    seed.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    seed.add_argument(
+        "--violations", action="store_true", help="plant a small known set of contract violations"
+    )
+    seed.set_defaults(func=cmd_source_seed)
+
+    run = sub.add_parser("run", help="one micro-batch of all datasets, through Dagster")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="per dataset: watermark, rows, last batch, dead letters")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="seed the embedded source and export it (make demo)")
+    demo.add_argument("--scale", type=float, default=0.01, help="seed scale (default 0.01)")
+    demo.add_argument("--days", type=int, default=7, help="days of history (default 7)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return args.func(args, settings)
+    except (ConfigError, CliError) as exc:
+        print(f"export-pipeline: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""The Dagster code location: source specs, the five warehouse assets and their jobs."""
+
+import dagster as dg
+
+from export_pipeline.defs.assets import EXPORT_ASSETS, SOURCE_SPECS, export_microbatch_job
+from export_pipeline.defs.resources import ExportResource
+
+defs = dg.Definitions(
+    assets=[*SOURCE_SPECS, *EXPORT_ASSETS],
+    jobs=[export_microbatch_job],
+    resources={"export": ExportResource()},
+)

@@ -1,0 +1,1 @@
+"""Dagster wiring: thin definitions over the plain pipeline modules."""

@@ -1,0 +1,32 @@
+"""The Dagster resource that hands the plain pipeline its settings, source and warehouse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import duckdb
+
+from export_pipeline.config import Settings
+from export_pipeline.warehouse import open_warehouse
+
+
+class ExportResource(dg.ConfigurableResource):
+    """Settings read from the environment when the run starts (never at import time)."""
+
+    def settings(self) -> Settings:
+        return Settings.from_env()
+
+    def source_dsn(self) -> str:
+        settings = self.settings()
+        if settings.source_dsn:
+            return settings.source_dsn
+        from export_pipeline.source import embedded_postgres
+
+        return embedded_postgres()
+
+    @contextmanager
+    def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with open_warehouse(self.settings().warehouse_path) as con:
+            yield con
