@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -84,7 +85,12 @@ def run_microbatch() -> tuple[bool, str, list[dict]]:
 
     with dg.DagsterInstance.get() as instance:
         job = defs.resolve_job_def("export_microbatch_job")
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            # The instance records every event; the console only needs warnings and errors.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
     return result.success, result.run_id, _ledger_for_run(result.run_id)
 
 
@@ -295,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()

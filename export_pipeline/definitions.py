@@ -9,4 +9,7 @@ defs = dg.Definitions(
     assets=[*SOURCE_SPECS, *EXPORT_ASSETS],
     jobs=[export_microbatch_job],
     resources={"export": ExportResource()},
+    # Every job, including the UI's ad-hoc "Materialize", runs its steps in one process, one
+    # after the other: DuckDB admits a single writer process per file.
+    executor=dg.in_process_executor,
 )

@@ -184,3 +184,26 @@ def test_cli_rejects_a_bad_setting_with_one_line_naming_it(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "EXPORT_LOOKBACK_MINUTES" in lines[0]
     assert not (tmp_path / "warehouse.duckdb").exists()
+
+
+def test_workspace_loads_for_the_ui(tmp_path):
+    """`make ui` loads workspace.yaml; a code location that fails to load shows nothing."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate"]
+        + ["-w", "workspace.yaml"],
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Validation successful" in result.stderr + result.stdout
+
+
+def test_every_job_runs_in_process_so_steps_never_contend_for_the_duckdb_lock():
+    """DuckDB allows one writer process per file; a multiprocess executor would fail steps."""
+    from export_pipeline.definitions import defs
+
+    for job in defs.resolve_all_job_defs():
+        assert job.executor_def.name == "in_process", job.name
