@@ -8,10 +8,10 @@ SQL_ROOT = Path(__file__).resolve().parent.parent / "sql"
 
 
 def sql_path(*parts: str) -> Path:
-    """Return the path of a file under ``sql/``, e.g. ``sql_path("source", "create_schema.sql")``."""
+    """Path of a file under ``sql/``, e.g. ``sql_path("source", "create_schema.sql")``."""
     return SQL_ROOT.joinpath(*parts)
 
 
 def read_sql(*parts: str) -> str:
-    """Return the text of a file under ``sql/``."""
+    """Text of a file under ``sql/``."""
     return sql_path(*parts).read_text(encoding="utf-8")
