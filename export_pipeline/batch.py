@@ -101,6 +101,11 @@ def run_dataset_batch(
             read_sql("warehouse", "merge_dead_letters.sql"),
             {"dataset": ds.name, "contract_version": CONTRACT_VERSION, "batch_id": batch_id},
         )
+        run_sql(
+            con,
+            read_sql("warehouse", "update_resolved_dead_letters.sql"),
+            {"dataset": ds.name, "batch_id": batch_id},
+        )
         dead_lettered = sum(by_reason.values())
         result = BatchResult(
             batch_id=batch_id,

@@ -6,12 +6,13 @@ one-line :class:`ConfigError` that names the variable.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +66,8 @@ def _number(
     except ValueError:
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} must be a finite number")
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum:g}")
     return value
@@ -86,9 +89,16 @@ def _check_dsn(dsn: str) -> None:
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced, fit for logs and summaries."""
+    """The DSN with its password (in the userinfo or the query string) hidden, fit for logs."""
     parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = urlencode(
+        [
+            (k, "***" if k.lower() in ("password", "passfile", "sslpassword") else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="/",
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

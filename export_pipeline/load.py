@@ -228,5 +228,11 @@ def apply_classified(
         f"to_json(struct_pack({row}))::VARCHAR FROM {CLASSIFIED} "
         f"WHERE _outcome IN {tuple(DEAD_LETTER_OUTCOMES)}",
     )
+    run_sql(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE _loaded_keys AS SELECT DISTINCT "
+        f"to_json(struct_pack({key}))::VARCHAR AS record_key FROM {CLASSIFIED} "
+        "WHERE _outcome IN ('insert', 'update', 'unchanged')",
+    )
     counts = dict(run_sql(con, f"SELECT _outcome, count(*) FROM {CLASSIFIED} GROUP BY ALL"))
     return {o: int(counts.get(o, 0)) for o in OUTCOMES}

@@ -181,13 +181,15 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     failures = []
     for col in ds.columns:
         target = POLARS_TYPES[col.type]
-        if raw.schema[col.name] == target:
+        if raw.schema[col.name] == target and col.type != "timestamptz":
             exprs.append(pl.col(col.name))
             continue
         if col.type in ("uuid", "text", "jsonb"):
             exprs.append(pl.col(col.name).cast(pl.String))
             continue
         casted = pl.col(col.name).cast(target, strict=False)
+        if col.type == "timestamptz":
+            casted = _finite_timestamp(casted)
         exprs.append(casted)
         lost = pl.col(col.name).is_not_null() & casted.is_null()
         failures.append(pl.when(lost).then(pl.lit(f"{col.name}:type_cast")).alias(col.name))
@@ -206,6 +208,37 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         )
     )
     return cast, lost
+
+
+#: Python's datetime range in microseconds since the epoch (years 1 to 9999). PostgreSQL also
+#: holds +-infinity and years up to 294276, which no analyst tool can represent.
+_MIN_TIMESTAMP_US = -62_135_596_800_000_000
+_MAX_TIMESTAMP_US = 253_402_300_799_999_999
+_INT64_MAX = 2**63 - 1
+_INT64_MIN = -(2**63)
+
+
+def _finite_timestamp(expr: pl.Expr) -> pl.Expr:
+    """The timestamp, or null when it lies outside years 1-9999 (infinity included)."""
+    micros = expr.cast(pl.Int64)
+    in_range = micros.is_between(_MIN_TIMESTAMP_US, _MAX_TIMESTAMP_US)
+    return pl.when(in_range).then(micros).cast(POLARS_TYPES["timestamptz"])
+
+
+def _timestamp_text(name: str) -> pl.Expr:
+    """A timestamp as ISO text for a dead letter, spelling out values outside years 1-9999."""
+    micros = pl.col(name).cast(pl.Int64)
+    iso = _finite_timestamp(pl.col(name)).dt.to_string("%Y-%m-%dT%H:%M:%S%.6f%:z")
+    return (
+        pl.when(micros == _INT64_MAX)
+        .then(pl.lit("infinity"))
+        .when(micros == _INT64_MIN)
+        .then(pl.lit("-infinity"))
+        .when(iso.is_null() & micros.is_not_null())
+        .then(pl.concat_str(pl.lit("out of range: "), micros.cast(pl.String), pl.lit(" us")))
+        .otherwise(iso)
+        .alias(name)
+    )
 
 
 def _failures(
@@ -262,13 +295,17 @@ def _dead_letter_rows(ds: Dataset, rejected: pl.DataFrame) -> pl.DataFrame:
     reason = pl.col("rank").replace_strict(
         list(range(len(_REASON_RANK))), list(_REASON_RANK), return_dtype=pl.String
     )
-    cursor = pl.col(ds.cursor)
-    if rejected.schema[ds.cursor] != POLARS_TYPES["timestamptz"]:
-        cursor = cursor.cast(POLARS_TYPES["timestamptz"], strict=False)
+    cursor = _finite_timestamp(pl.col(ds.cursor).cast(POLARS_TYPES["timestamptz"], strict=False))
+    timestamps = [
+        _timestamp_text(c.name)
+        for c in ds.columns
+        if c.type == "timestamptz" and rejected.schema[c.name] == POLARS_TYPES["timestamptz"]
+    ]
+    rejected = rejected.with_columns(cursor.alias("_cursor_at"), *timestamps)
     return rejected.select(
         pl.struct(list(ds.primary_key)).struct.json_encode().alias("record_key"),
         pl.col("org_id").cast(pl.String).alias("org_id"),
-        cursor.alias("cursor_at"),
+        pl.col("_cursor_at").alias("cursor_at"),
         reason.alias("reason"),
         pl.col("failed_checks"),
         pl.struct(list(ds.column_names)).struct.json_encode().alias("row_json"),

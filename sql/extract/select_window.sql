@@ -1,5 +1,6 @@
 -- The contract columns of one dataset whose cursor lies in (window_start, window_end], plus rows
--- whose cursor is null: those cannot be windowed and must reach the dead-letter table, not vanish.
+-- whose cursor is null or +-infinity: those cannot be windowed and must reach the dead-letter
+-- table, not vanish.
 -- Placeholders in braces are identifiers taken from the contract, never from input.
 SELECT {projection}
 FROM {source_table}
@@ -7,5 +8,6 @@ WHERE (
         ({cursor} > current_setting('export_pipeline.window_start')::timestamptz
          AND {cursor} <= current_setting('export_pipeline.window_end')::timestamptz)
         OR {cursor} IS NULL
+        OR NOT isfinite({cursor})
     )
     {scope_filter}
