@@ -297,7 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--scale", type=float, default=0.01, help="seed scale (default 0.01)")
     demo.add_argument("--days", type=int, default=7, help="days of history (default 7)")
     demo.set_defaults(func=cmd_demo)
+
+    for register in _command_modules():
+        register(sub)
     return parser
+
+
+def _command_modules() -> list:
+    """``register`` functions of the modules in ``export_pipeline/commands/``."""
+    import importlib
+    import pkgutil
+
+    from export_pipeline import commands
+
+    registers = []
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        if hasattr(module, "register"):
+            registers.append(module.register)
+    return registers
 
 
 def main(argv: Sequence[str] | None = None) -> int:

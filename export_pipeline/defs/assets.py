@@ -127,3 +127,8 @@ export_microbatch_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="One micro-batch of every contract dataset: extract, validate, load.",
 )
+
+defs = dg.Definitions(
+    assets=[*SOURCE_SPECS, *EXPORT_ASSETS],
+    jobs=[export_microbatch_job],
+)
