@@ -6,7 +6,7 @@ VENV := .venv
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: demo test ui lint format env clean
+.PHONY: demo test ui lint format env clean bench
 
 # uv itself: use the one on PATH, else bootstrap it with pip into .tools (no system install).
 .tools/bin/uv:
@@ -35,6 +35,16 @@ lint: env
 format: env
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The benchmark (bench/README.md): its own environment, the product plus the `bench` group (dlt,
+# connectorx, psutil, py-spy), so the shared .venv keeps exactly the locked default groups.
+# Options through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--scale 0.1 --repeat 1"`.
+BENCH_VENV := bench/.venv
+BENCH_ARGS ?=
+
+bench: | $(if $(shell command -v uv 2>/dev/null),,.tools/bin/uv)
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(BENCH_VENV) $(UV) sync --frozen --group bench --quiet
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools data/*.duckdb data/*.duckdb.wal
