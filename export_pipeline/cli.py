@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import sys
+import uuid
 import warnings
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from export_pipeline.config import PROJECT_ROOT, ConfigError, Settings, redact_dsn
@@ -76,22 +77,56 @@ def cmd_source_seed(args: argparse.Namespace, settings: Settings) -> int:
 # --- run ------------------------------------------------------------------------------------
 
 
-def run_microbatch() -> tuple[bool, str, list[dict]]:
-    """One micro-batch of every dataset through Dagster; (success, run id, ledger rows)."""
+def launch(
+    job_name: str,
+    *,
+    partition_key: str | None = None,
+    tags: dict[str, str] | None = None,
+    datasets: Sequence[str] | None = None,
+    log_level: str = "WARNING",
+) -> tuple[bool, str, list[dict]]:
+    """Run a job of the code location in this process, recorded in the Dagster instance.
+
+    Returns (success, run id, the ledger rows the run wrote).
+    """
     _ensure_dagster_home()
     import dagster as dg
 
     from export_pipeline.definitions import defs
 
     with dg.DagsterInstance.get() as instance:
-        job = defs.resolve_job_def("export_microbatch_job")
+        job = defs.resolve_job_def(job_name)
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            # The instance records every event; the console only needs warnings and errors.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            partition_key=partition_key,
+            tags=tags,
+            asset_selection=[dg.AssetKey(name) for name in datasets] if datasets else None,
+            # The instance records every event; the console shows only what is asked for.
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         )
     return result.success, result.run_id, _ledger_for_run(result.run_id)
+
+
+def run_microbatch() -> tuple[bool, str, list[dict]]:
+    """One micro-batch of every dataset through Dagster; (success, run id, ledger rows)."""
+    today = datetime.now(UTC).date().isoformat()
+    return launch("export_microbatch_job", partition_key=today)
+
+
+def run_backfill_range(
+    first: date, last: date, datasets: Sequence[str] | None, org_id: str | None
+) -> tuple[bool, str, list[dict]]:
+    """Re-extract UTC days first..last as one Dagster run over that partition range."""
+    from export_pipeline.defs.assets import ORG_TAG
+
+    tags = {
+        "dagster/asset_partition_range_start": first.isoformat(),
+        "dagster/asset_partition_range_end": last.isoformat(),
+    }
+    if org_id:
+        tags[ORG_TAG] = org_id
+    return launch("export_backfill_job", tags=tags, datasets=datasets, log_level="INFO")
 
 
 def _ledger_for_run(run_id: str) -> list[dict]:
@@ -128,6 +163,56 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         failed = [r["dataset"] for r in rows if r["status"] == "failed"] or ["(see Dagster logs)"]
         raise CliError(f"micro-batch failed for: {', '.join(failed)}")
     return 0
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _org(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an org uuid") from None
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    if args.end < args.start:
+        raise CliError(f"--end {args.end} is before --start {args.start}")
+    from export_pipeline.contract import dataset
+
+    for name in args.dataset or []:
+        try:
+            dataset(name)
+        except KeyError as exc:
+            raise CliError(str(exc.args[0])) from None
+    days = (args.end - args.start).days + 1
+    print(f"backfill {args.start} .. {args.end} ({days} days), one Dagster run ...")
+    success, run_id, rows = run_backfill_range(args.start, args.end, args.dataset, args.org)
+    print(f"backfill run {run_id} ({'succeeded' if success else 'FAILED'})")
+    _print_batches(_sum_by_dataset(rows))
+    if not success:
+        failed = sorted({r["dataset"] for r in rows if r["status"] == "failed"})
+        raise CliError(f"backfill failed for: {', '.join(failed) or '(see Dagster logs)'}")
+    return 0
+
+
+def _sum_by_dataset(rows: list[dict]) -> list[dict]:
+    """One line per dataset over a backfill's per-day ledger rows."""
+    counts = ("extracted", "inserted", "updated", "unchanged", "stale", "dead_lettered")
+    out: dict[str, dict] = {}
+    for r in rows:
+        agg = out.setdefault(
+            r["dataset"], {**r, **dict.fromkeys(counts, 0), "status": "succeeded", "error": None}
+        )
+        for f in counts:
+            agg[f] += r[f]
+        if r["status"] == "failed":
+            agg["status"], agg["error"] = "failed", r["error"]
+    return list(out.values())
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -288,6 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one micro-batch of all datasets, through Dagster")
     run.set_defaults(func=cmd_run)
+
+    backfill = sub.add_parser(
+        "backfill", help="re-extract a window of UTC days, as one Dagster run (idempotent)"
+    )
+    backfill.add_argument("--start", type=_day, required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", type=_day, required=True, help="last day (inclusive)")
+    backfill.add_argument(
+        "--dataset",
+        action="append",
+        metavar="NAME",
+        help="a contract dataset (repeatable; default all)",
+    )
+    backfill.add_argument("--org", type=_org, help="only this organisation (uuid)")
+    backfill.set_defaults(func=cmd_backfill)
 
     status = sub.add_parser("status", help="per dataset: watermark, rows, last batch, dead letters")
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
@@ -37,10 +37,22 @@ _SCOPE_SEPARATOR = "\x1f"
 
 @dataclass(frozen=True)
 class Window:
-    """Cursor window ``(start, end]``; ``start=None`` means from the beginning."""
+    """Cursor window ``(start, end]``; ``start=None`` means from the beginning.
+
+    ``org_id`` narrows it to one tenant (backfills of one org).
+    """
 
     start: datetime | None
     end: datetime
+    org_id: str | None = None
+
+    @classmethod
+    def days(cls, first: date, last: date, org_id: str | None = None) -> Window:
+        """UTC days ``first`` to ``last`` inclusive: cursors in ``[first 00:00, last+1 00:00)``."""
+        tick = timedelta(microseconds=1)
+        start = datetime.combine(first, time.min, tzinfo=UTC)
+        end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=UTC)
+        return cls(start=start - tick, end=end - tick, org_id=org_id)
 
 
 def quote_ident(name: str) -> str:
@@ -123,6 +135,7 @@ def _bind_window(cur: adbc.Cursor, ds: Dataset, window: Window) -> None:
             "-infinity" if window.start is None else window.start.isoformat(),
             window.end.isoformat(),
             out_of_scope,
+            window.org_id or "",
         ),
     )
     cur.fetchall()

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
+from rows import SourceRows
+
+from export_pipeline.batch import BatchResult, run_dataset_batch
+from export_pipeline.config import Settings
+from export_pipeline.contract import Dataset
+from export_pipeline.source import create_source_schema
+from export_pipeline.warehouse import fetch_dicts, open_warehouse
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +47,51 @@ def source_dsn(pg_server: Any) -> Iterator[str]:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@dataclass
+class Pipeline:
+    """A source with the reference schema, a warehouse file, and the settings of one test."""
+
+    src: SourceRows
+    con: duckdb.DuckDBPyConnection
+    settings: Settings
+
+    def export(self, ds: Dataset, **kwargs: Any) -> BatchResult:
+        return run_dataset_batch(
+            ds, source_dsn=self.src.dsn, con=self.con, settings=self.settings, **kwargs
+        )
+
+    def rows(self, ds: Dataset) -> list[dict[str, Any]]:
+        """The warehouse table of ``ds``, every column, ordered by primary key."""
+        order = ", ".join(f'"{c}"' for c in ds.primary_key)
+        return fetch_dicts(self.con, f'SELECT * FROM "{ds.name}" ORDER BY {order}')
+
+    def dead_letters(self, ds: Dataset) -> list[dict[str, Any]]:
+        return fetch_dicts(
+            self.con,
+            "SELECT * FROM dx_dead_letter WHERE dataset = $dataset ORDER BY first_seen_at, reason",
+            {"dataset": ds.name},
+        )
+
+    def ledger(self, ds: Dataset) -> list[dict[str, Any]]:
+        return fetch_dicts(
+            self.con,
+            "SELECT * FROM _export_batches WHERE dataset = $dataset ORDER BY started_at",
+            {"dataset": ds.name},
+        )
+
+
+@pytest.fixture
+def pipe(source_dsn: str, tmp_path: Path) -> Iterator[Pipeline]:
+    """The reference schema in a fresh source, a warehouse file, and no safety lag."""
+    create_source_schema(source_dsn)
+    settings = Settings.from_env(
+        {"EXPORT_DATA_DIR": str(tmp_path), "EXPORT_SAFETY_LAG_SECONDS": "0"}
+    )
+    src = SourceRows(source_dsn)
+    try:
+        with open_warehouse(settings.warehouse_path) as con:
+            yield Pipeline(src, con, settings)
+    finally:
+        src.close()

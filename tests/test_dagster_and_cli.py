@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -45,7 +46,8 @@ def _run_job(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     from export_pipeline.definitions import defs
 
     job = defs.resolve_job_def("export_microbatch_job")
-    return job.execute_in_process(instance=instance, raise_on_error=False)
+    today = datetime.now(UTC).date().isoformat()
+    return job.execute_in_process(instance=instance, raise_on_error=False, partition_key=today)
 
 
 def test_code_location_declares_five_assets_their_sources_and_checks():

@@ -8,8 +8,8 @@ file under ``tmp_path``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,11 +18,10 @@ from typing import Any
 import duckdb
 import polars as pl
 import pytest
-from rows import ORG_ID, SourceRows, ago, default_row, new_id
+from conftest import Pipeline
+from rows import ORG_ID, ago, default_row, new_id
 
 from export_pipeline import load, validate
-from export_pipeline.batch import BatchResult, run_dataset_batch
-from export_pipeline.config import Settings
 from export_pipeline.contract import (
     COMPANY_ENTITIES,
     DATASETS,
@@ -34,64 +33,15 @@ from export_pipeline.contract import (
 )
 from export_pipeline.extract import Window
 from export_pipeline.redact import REDACTED
-from export_pipeline.source import create_source_schema
 from export_pipeline.validate import SchemaMismatchError
 from export_pipeline.warehouse import (
     META_COLUMNS,
-    fetch_dicts,
     get_watermark,
     open_warehouse,
     run_sql,
 )
 
 SCOPED_DATASETS = [ds for ds in DATASETS if ds.out_of_scope]
-
-
-@dataclass
-class Pipeline:
-    """A source with the reference schema, a warehouse file, and the settings of one test."""
-
-    src: SourceRows
-    con: duckdb.DuckDBPyConnection
-    settings: Settings
-
-    def export(self, ds: Dataset, **kwargs: Any) -> BatchResult:
-        return run_dataset_batch(
-            ds, source_dsn=self.src.dsn, con=self.con, settings=self.settings, **kwargs
-        )
-
-    def rows(self, ds: Dataset) -> list[dict[str, Any]]:
-        """The warehouse table of ``ds``, every column, ordered by primary key."""
-        order = ", ".join(f'"{c}"' for c in ds.primary_key)
-        return fetch_dicts(self.con, f'SELECT * FROM "{ds.name}" ORDER BY {order}')
-
-    def dead_letters(self, ds: Dataset) -> list[dict[str, Any]]:
-        return fetch_dicts(
-            self.con,
-            "SELECT * FROM dx_dead_letter WHERE dataset = $dataset ORDER BY first_seen_at, reason",
-            {"dataset": ds.name},
-        )
-
-    def ledger(self, ds: Dataset) -> list[dict[str, Any]]:
-        return fetch_dicts(
-            self.con,
-            "SELECT * FROM _export_batches WHERE dataset = $dataset ORDER BY started_at",
-            {"dataset": ds.name},
-        )
-
-
-@pytest.fixture
-def pipe(source_dsn: str, tmp_path: Path) -> Iterator[Pipeline]:
-    create_source_schema(source_dsn)
-    settings = Settings.from_env(
-        {"EXPORT_DATA_DIR": str(tmp_path), "EXPORT_SAFETY_LAG_SECONDS": "0"}
-    )
-    src = SourceRows(source_dsn)
-    try:
-        with open_warehouse(settings.warehouse_path) as con:
-            yield Pipeline(src, con, settings)
-    finally:
-        src.close()
 
 
 def entity_key(row: dict[str, Any]) -> dict[str, Any]:

@@ -10,4 +10,6 @@ WHERE (
         OR {cursor} IS NULL
         OR NOT isfinite({cursor})
     )
+    AND (current_setting('export_pipeline.org_id') = ''
+         OR org_id = nullif(current_setting('export_pipeline.org_id'), '')::uuid)
     {scope_filter}

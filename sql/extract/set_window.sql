@@ -4,4 +4,5 @@
 SELECT
     set_config('export_pipeline.window_start', $1, false),
     set_config('export_pipeline.window_end', $2, false),
-    set_config('export_pipeline.out_of_scope', $3, false)
+    set_config('export_pipeline.out_of_scope', $3, false),
+    set_config('export_pipeline.org_id', $4, false)
