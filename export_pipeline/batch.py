@@ -7,6 +7,10 @@ written, and the error propagates. The next run converges to what one clean run 
 
 from __future__ import annotations
 
+import itertools
+import logging
+import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -17,13 +21,16 @@ from typing import Literal
 import duckdb
 
 from export_pipeline import extract, load, validate
-from export_pipeline.config import Settings
+from export_pipeline.config import Settings, redact_dsn
 from export_pipeline.contract import CONTRACT_VERSION, Dataset
-from export_pipeline.extract import Window
+from export_pipeline.extract import KeySet, Window
 from export_pipeline.sqlfiles import read_sql
+from export_pipeline.validate import SchemaMismatchError
 from export_pipeline.warehouse import get_watermark, run_sql
 
-BatchMode = Literal["microbatch", "backfill"]
+log = logging.getLogger(__name__)
+
+BatchMode = Literal["microbatch", "backfill", "repair", "retry"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,51 @@ def run_dataset_batch(
     settings: Settings,
     run_id: str | None = None,
     mode: BatchMode = "microbatch",
-    window: Window | None = None,
+    window: Window | KeySet | None = None,
 ) -> BatchResult:
-    """Export one batch of one dataset; the window defaults to the micro-batch window."""
+    """Export one batch of one dataset; the window defaults to the micro-batch window.
+
+    A transient failure (connection lost, timeout, lock contention) rolls the batch back and
+    retries it with exponential backoff, up to ``settings.transient_retries`` times; any other
+    failure, or the last transient one, propagates with the previous state intact.
+    """
+    for attempt in itertools.count(1):
+        try:
+            return _run_dataset_batch_once(
+                ds,
+                source_dsn=source_dsn,
+                con=con,
+                settings=settings,
+                run_id=run_id,
+                mode=mode,
+                window=window,
+            )
+        except Exception as exc:
+            if not is_transient(exc) or attempt > settings.transient_retries:
+                raise
+            delay = settings.transient_backoff_seconds * 2 ** (attempt - 1)
+            log.warning(
+                "%s: transient error (attempt %d of %d), retrying in %.1fs: %s",
+                ds.name,
+                attempt,
+                settings.transient_retries + 1,
+                delay,
+                scrub(str(exc), source_dsn),
+            )
+            time.sleep(delay * random.uniform(0.8, 1.2))
+    raise AssertionError("unreachable")
+
+
+def _run_dataset_batch_once(
+    ds: Dataset,
+    *,
+    source_dsn: str,
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    run_id: str | None,
+    mode: BatchMode,
+    window: Window | KeySet | None,
+) -> BatchResult:
     batch_id = str(uuid.uuid4())
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -112,8 +161,8 @@ def run_dataset_batch(
             batch_id=batch_id,
             dataset=ds.name,
             mode=mode,
-            window_start=window.start,
-            window_end=window.end,
+            window_start=window.start if isinstance(window, Window) else None,
+            window_end=window.end if isinstance(window, Window) else now,
             extracted=staged,
             inserted=outcomes["insert"],
             updated=outcomes["update"],
@@ -128,7 +177,7 @@ def run_dataset_batch(
         if result.accounted != result.extracted:
             raise AssertionError(f"{ds.name}: accounting identity broken: {result}")
         _record_batch(con, result, run_id, started_at, "succeeded", None)
-        if mode == "microbatch":
+        if mode == "microbatch" and isinstance(window, Window):
             run_sql(
                 con,
                 read_sql("warehouse", "merge_watermark.sql"),
@@ -140,6 +189,44 @@ def run_dataset_batch(
         _record_failure(con, ds, batch_id, run_id, mode, window, started_at, t0, exc)
         raise
     return _with_position(con, ds, result, now)
+
+
+#: Exceptions that mean "try again later": the source or the warehouse was briefly unavailable.
+_TRANSIENT_MARKERS = (
+    "connection",
+    "could not connect",
+    "server closed",
+    "terminating connection",
+    "timeout",
+    "timed out",
+    "could not set lock",
+    "conflicting lock",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "does not allow connections",
+    "too many clients",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection loss, timeouts and lock contention: worth retrying, never a dead letter."""
+    if isinstance(exc, SchemaMismatchError | AssertionError):
+        return False
+    if isinstance(exc, ConnectionError | TimeoutError | duckdb.IOException):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _TRANSIENT_MARKERS)
+
+
+_DSN_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def scrub(text: str, dsn: str | None) -> str:
+    """An error message fit for logs: no DSN password, wherever the driver put it."""
+    if dsn:
+        text = text.replace(dsn, redact_dsn(dsn))
+    text = _DSN_PASSWORD.sub(r"\1***@", text)
+    return re.sub(r"(password=)[^&\s]+", r"\1***", text, flags=re.IGNORECASE)
 
 
 def _with_position(
@@ -191,7 +278,7 @@ def _record_failure(
     batch_id: str,
     run_id: str | None,
     mode: BatchMode,
-    window: Window | None,
+    window: Window | KeySet | None,
     started_at: datetime,
     t0: float,
     exc: BaseException,
@@ -201,8 +288,8 @@ def _record_failure(
         batch_id=batch_id,
         dataset=ds.name,
         mode=mode,
-        window_start=window.start if window else None,
-        window_end=window.end if window else started_at,
+        window_start=window.start if isinstance(window, Window) else None,
+        window_end=window.end if isinstance(window, Window) else started_at,
         extracted=0,
         inserted=0,
         updated=0,
@@ -215,7 +302,8 @@ def _record_failure(
         lag_seconds=None,
     )
     try:
-        _record_batch(con, failed, run_id, started_at, "failed", f"{type(exc).__name__}: {exc}")
+        error = scrub(f"{type(exc).__name__}: {exc}", None)
+        _record_batch(con, failed, run_id, started_at, "failed", error)
     except duckdb.Error:
         pass
 

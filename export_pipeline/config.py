@@ -29,6 +29,18 @@ class Settings:
     lookback: timedelta
     safety_lag: timedelta
     batch_size: int
+    #: Transient errors (connection lost, timeouts, lock contention) retried within a run.
+    transient_retries: int = 3
+    transient_backoff_seconds: float = 2.0
+    #: Waiting for another writer's DuckDB lock before giving up (overlapping runs).
+    lock_timeout_seconds: float = 300.0
+    #: Reconciliation.
+    reconcile_days: int = 3
+    lag_sla_seconds: float = 1800.0
+    null_rate_threshold: float = 0.10
+    #: Dead-letter retries: first retry after the base delay, doubling, until max attempts.
+    dead_letter_retry_base_seconds: float = 300.0
+    dead_letter_max_attempts: int = 5
 
     @property
     def warehouse_path(self) -> Path:
@@ -47,6 +59,16 @@ class Settings:
             lookback=timedelta(minutes=_number(env, "EXPORT_LOOKBACK_MINUTES", 15.0)),
             safety_lag=timedelta(seconds=_number(env, "EXPORT_SAFETY_LAG_SECONDS", 60.0)),
             batch_size=int(_number(env, "EXPORT_BATCH_SIZE", 100_000, minimum=1, integer=True)),
+            transient_retries=int(_number(env, "EXPORT_TRANSIENT_RETRIES", 3, integer=True)),
+            transient_backoff_seconds=_number(env, "EXPORT_TRANSIENT_BACKOFF_SECONDS", 2.0),
+            lock_timeout_seconds=_number(env, "EXPORT_LOCK_TIMEOUT_SECONDS", 300.0),
+            reconcile_days=int(_number(env, "EXPORT_RECONCILE_DAYS", 3, minimum=1, integer=True)),
+            lag_sla_seconds=60 * _number(env, "EXPORT_LAG_SLA_MINUTES", 30.0, minimum=1),
+            null_rate_threshold=_fraction(env, "EXPORT_NULL_RATE_THRESHOLD", 0.10),
+            dead_letter_retry_base_seconds=_number(env, "EXPORT_DEAD_LETTER_RETRY_SECONDS", 300.0),
+            dead_letter_max_attempts=int(
+                _number(env, "EXPORT_DEAD_LETTER_MAX_ATTEMPTS", 5, minimum=1, integer=True)
+            ),
         )
 
 
@@ -70,6 +92,13 @@ def _number(
         raise ConfigError(f"{name}={raw!r} must be a finite number")
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum:g}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default)
+    if value > 1:
+        raise ConfigError(f"{name}={env.get(name)!r} must be a fraction between 0 and 1")
     return value
 
 

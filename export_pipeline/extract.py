@@ -55,6 +55,28 @@ class Window:
         return cls(start=start - tick, end=end - tick, org_id=org_id)
 
 
+@dataclass(frozen=True)
+class KeySet:
+    """Rows selected by primary key, whatever their cursor (repair, dead-letter retries).
+
+    ``keys`` are JSON objects of contract key columns, e.g. ``{"run_id": "..."}``.
+    """
+
+    keys: tuple[str, ...]
+
+
+#: PostgreSQL types to read a key column from JSON as.
+_PG_KEY_TYPES: dict[LogicalType, str] = {
+    "uuid": "uuid",
+    "text": "text",
+    "int": "integer",
+    "bigint": "bigint",
+    "numeric": "numeric",
+    "timestamptz": "timestamptz",
+    "jsonb": "jsonb",
+}
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -102,28 +124,53 @@ def check_source_schema(conn: adbc.Connection, ds: Dataset) -> None:
         )
 
 
-def window_query(ds: Dataset) -> str:
-    """The parameter-free window query of a dataset, built from contract identifiers only."""
-    projection = ", ".join(
-        f"{quote_ident(c.source_name)}::text AS {quote_ident(c.name)}"
+def _projection(ds: Dataset, alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(
+        f"{prefix}{quote_ident(c.source_name)}::text AS {quote_ident(c.name)}"
         if c.type == "uuid"
-        else f"{quote_ident(c.source_name)} AS {quote_ident(c.name)}"
+        else f"{prefix}{quote_ident(c.source_name)} AS {quote_ident(c.name)}"
         for c in ds.source_columns
     )
+
+
+def _scope_filter(ds: Dataset, alias: str = "") -> str:
     if len(ds.out_of_scope) > 1:
         raise NotImplementedError(f"{ds.name}: at most one out-of-scope rule is supported")
-    scope_filter = ""
+    prefix = f"{alias}." if alias else ""
     for column, _values in ds.out_of_scope:
-        col = quote_ident(column)
-        scope_filter = (
+        col = prefix + quote_ident(column)
+        return (
             f"AND ({col} IS NULL OR NOT {col} = ANY (string_to_array("
             f"current_setting('export_pipeline.out_of_scope'), E'\\x1f')))"
         )
+    return ""
+
+
+def keys_query(ds: Dataset) -> str:
+    """The parameter-free key-set query of a dataset, built from contract identifiers only."""
+    key_columns = ", ".join(
+        f"{quote_ident(c)} {_PG_KEY_TYPES[ds.column(c).type]}" for c in ds.primary_key
+    )
+    key_join = " AND ".join(
+        f"t.{quote_ident(ds.column(c).source_name)} = k.{quote_ident(c)}" for c in ds.primary_key
+    )
+    return read_sql("extract", "select_keys.sql").format(
+        projection=_projection(ds, "t"),
+        source_table=quote_table(ds.source_table),
+        key_columns=key_columns,
+        key_join=key_join,
+        scope_filter=_scope_filter(ds, "t"),
+    )
+
+
+def window_query(ds: Dataset) -> str:
+    """The parameter-free window query of a dataset, built from contract identifiers only."""
     return read_sql("extract", "select_window.sql").format(
-        projection=projection,
+        projection=_projection(ds),
         source_table=quote_table(ds.source_table),
         cursor=quote_ident(ds.column(ds.cursor).source_name),
-        scope_filter=scope_filter,
+        scope_filter=_scope_filter(ds),
     )
 
 
@@ -142,12 +189,21 @@ def _bind_window(cur: adbc.Cursor, ds: Dataset, window: Window) -> None:
 
 
 def extract_window(
-    conn: adbc.Connection, ds: Dataset, window: Window, batch_size: int
+    conn: adbc.Connection, ds: Dataset, window: Window | KeySet, batch_size: int
 ) -> Iterator[pa.RecordBatch]:
-    """Stream the dataset's in-scope rows in the window, at most ``batch_size`` rows a batch."""
+    """Stream the dataset's in-scope rows in the window (or key set), ``batch_size`` at most."""
     with conn.cursor() as cur:
-        _bind_window(cur, ds, window)
-        cur.execute(window_query(ds))
+        if isinstance(window, KeySet):
+            _bind_window(cur, ds, Window(start=None, end=datetime.max.replace(tzinfo=UTC)))
+            cur.execute(
+                read_sql("extract", "set_keys.sql"),
+                parameters=("[" + ",".join(window.keys) + "]",),
+            )
+            cur.fetchall()
+            cur.execute(keys_query(ds))
+        else:
+            _bind_window(cur, ds, window)
+            cur.execute(window_query(ds))
         reader = cur.fetch_record_batch()
         for batch in reader:
             for offset in range(0, batch.num_rows, batch_size):

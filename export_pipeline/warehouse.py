@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,6 +20,8 @@ from export_pipeline.contract import (
 )
 from export_pipeline.extract import quote_ident
 from export_pipeline.sqlfiles import read_sql
+
+log = logging.getLogger(__name__)
 
 DUCKDB_TYPES: dict[LogicalType, str] = {
     "uuid": "UUID",
@@ -58,16 +62,55 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] 
 
 
 @contextmanager
-def open_warehouse(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to the warehouse file, with the schema in place when writable."""
+def open_warehouse(
+    path: Path, read_only: bool = False, lock_timeout_seconds: float = 300.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the warehouse file, with the schema in place when writable.
+
+    DuckDB admits one writer process per file. When another run holds it, wait (logging why)
+    up to ``lock_timeout_seconds``, then raise :class:`WarehouseBusyError`: an overlapping run
+    waits or fails loudly, never writes beside the other.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = _connect_waiting(path, read_only, lock_timeout_seconds)
     try:
         if not read_only:
             ensure_schema(con)
         yield con
     finally:
         con.close()
+
+
+class WarehouseBusyError(RuntimeError):
+    """Another process held the warehouse's write lock for longer than we were willing to wait."""
+
+
+def _connect_waiting(
+    path: Path, read_only: bool, timeout_seconds: float
+) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + timeout_seconds
+    delay = 0.2
+    logged = False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseBusyError(
+                    f"warehouse {path} is locked by another process (a run or a read-write "
+                    f"client) and stayed locked for {timeout_seconds:g}s; this run did not write"
+                ) from None
+            if not logged:
+                log.warning(
+                    "warehouse %s is locked by another process; waiting up to %gs for it",
+                    path,
+                    timeout_seconds,
+                )
+                logged = True
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+            delay = min(delay * 2, 5.0)
 
 
 def get_watermark(con: duckdb.DuckDBPyConnection, ds: Dataset) -> datetime | None:

@@ -28,5 +28,8 @@ class ExportResource(dg.ConfigurableResource):
 
     @contextmanager
     def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with open_warehouse(self.settings().warehouse_path) as con:
+        settings = self.settings()
+        with open_warehouse(
+            settings.warehouse_path, lock_timeout_seconds=settings.lock_timeout_seconds
+        ) as con:
             yield con
