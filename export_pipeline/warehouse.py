@@ -55,10 +55,32 @@ def _ident_list(names: tuple[str, ...]) -> str:
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] = DATASETS) -> None:
-    """Create the contract tables and the metadata tables if they do not exist."""
+    """Create the contract tables and the metadata tables if they do not exist.
+
+    Additive migration: a contract column missing from an existing table (the contract gained a
+    column since the table was created) is added, nullable, so existing rows read null. Nothing
+    is ever dropped or retyped here; the contract's governance test forbids such changes.
+    """
     run_sql(con, read_sql("warehouse", "create_meta_tables.sql"))
     for ds in datasets:
         run_sql(con, create_table_sql(ds))
+        present = {
+            name
+            for (name,) in run_sql(
+                con,
+                "SELECT column_name FROM duckdb_columns() "
+                "WHERE table_name = $table AND schema_name = current_schema() "
+                "AND database_name = current_database()",
+                {"table": ds.name},
+            )
+        }
+        for c in ds.columns:
+            if c.name not in present:
+                run_sql(
+                    con,
+                    f"ALTER TABLE {quote_ident(ds.name)} "
+                    f"ADD COLUMN {quote_ident(c.name)} {DUCKDB_TYPES[c.type]}",
+                )
 
 
 @contextmanager
