@@ -149,7 +149,17 @@ def _run_dataset_batch_once(
         run_sql(
             con,
             read_sql("warehouse", "merge_dead_letters.sql"),
-            {"dataset": ds.name, "contract_version": CONTRACT_VERSION, "batch_id": batch_id},
+            {
+                "dataset": ds.name,
+                "contract_version": CONTRACT_VERSION,
+                "batch_id": batch_id,
+                "retry_after_seconds": settings.dead_letter_retry_base_seconds,
+            },
+        )
+        run_sql(
+            con,
+            read_sql("warehouse", "update_superseded_dead_letters.sql"),
+            {"dataset": ds.name, "batch_id": batch_id},
         )
         run_sql(
             con,

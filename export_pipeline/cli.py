@@ -172,6 +172,16 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
+def dataset_name(text: str) -> str:
+    """argparse type: a contract dataset name."""
+    from export_pipeline.contract import dataset
+
+    try:
+        return dataset(text).name
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(str(exc.args[0])) from None
+
+
 def _org(text: str) -> str:
     try:
         return str(uuid.UUID(text))
@@ -182,13 +192,6 @@ def _org(text: str) -> str:
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     if args.end < args.start:
         raise CliError(f"--end {args.end} is before --start {args.start}")
-    from export_pipeline.contract import dataset
-
-    for name in args.dataset or []:
-        try:
-            dataset(name)
-        except KeyError as exc:
-            raise CliError(str(exc.args[0])) from None
     days = (args.end - args.start).days + 1
     print(f"backfill {args.start} .. {args.end} ({days} days), one Dagster run ...")
     success, run_id, rows = run_backfill_range(args.start, args.end, args.dataset, args.org)
@@ -219,53 +222,56 @@ def _sum_by_dataset(rows: list[dict]) -> list[dict]:
 
 
 def dataset_status(settings: Settings) -> list[dict]:
-    """Per dataset: watermark, rows, last batch and open dead letters (read-only)."""
-    import duckdb
-
-    from export_pipeline.warehouse import fetch_dicts
+    """Per dataset: rows, watermark, last batch, dead letters, and lag against the SLA."""
+    from export_pipeline import extract
+    from export_pipeline.reconcile import lag_check
+    from export_pipeline.warehouse import WarehouseBusyError, fetch_dicts, open_warehouse
 
     path = settings.warehouse_path
     if not path.exists():
         raise CliError(f"no warehouse at {path} yet: run `export-pipeline run` first")
     try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.IOException as exc:
-        raise CliError(f"warehouse {path} is busy (a run is writing): {exc}") from None
-    try:
-        out = []
-        for ds in DATASETS:
-            (last,) = fetch_dicts(
-                con,
-                "SELECT max(watermark) AS watermark, "
-                "(SELECT count(*) FROM dx_dead_letter WHERE dataset = $d AND status = 'open') "
-                "AS open_dead_letters, "
-                "(SELECT count(*) FROM dx_dead_letter WHERE dataset = $d AND status = "
-                "'exhausted') AS exhausted_dead_letters "
-                "FROM _export_watermarks WHERE dataset = $d",
-                {"d": ds.name},
-            )
-            batches = fetch_dicts(
-                con,
-                "SELECT status, finished_at, error FROM _export_batches WHERE dataset = $d "
-                "ORDER BY finished_at DESC LIMIT 1",
-                {"d": ds.name},
-            )
-            (rows,) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchone()
-            out.append(
-                {
-                    "dataset": ds.name,
-                    "rows": rows,
-                    "watermark": last["watermark"],
-                    "last_batch_status": batches[0]["status"] if batches else None,
-                    "last_batch_at": batches[0]["finished_at"] if batches else None,
-                    "last_batch_error": batches[0]["error"] if batches else None,
-                    "open_dead_letters": last["open_dead_letters"],
-                    "exhausted_dead_letters": last["exhausted_dead_letters"],
-                }
-            )
-        return out
-    finally:
-        con.close()
+        with (
+            open_warehouse(path, read_only=True, lock_timeout_seconds=30) as con,
+            extract.connect(_source_dsn(settings)) as src,
+        ):
+            out = []
+            for ds in DATASETS:
+                (row,) = fetch_dicts(
+                    con,
+                    "SELECT (SELECT max(watermark) FROM _export_watermarks WHERE dataset = $d) "
+                    "AS watermark, (SELECT count(*) FROM dx_dead_letter WHERE dataset = $d AND "
+                    "status = 'open') AS open_dead_letters, (SELECT count(*) FROM dx_dead_letter "
+                    "WHERE dataset = $d AND status = 'exhausted') AS exhausted_dead_letters",
+                    {"d": ds.name},
+                )
+                batches = fetch_dicts(
+                    con,
+                    "SELECT status, finished_at, error FROM _export_batches WHERE dataset = $d "
+                    "ORDER BY finished_at DESC LIMIT 1",
+                    {"d": ds.name},
+                )
+                ((rows,),) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchall()
+                lag = lag_check(ds, src, con, settings, datetime.now(UTC).date())
+                out.append(
+                    {
+                        "dataset": ds.name,
+                        "rows": rows,
+                        "watermark": row["watermark"],
+                        "last_batch_status": batches[0]["status"] if batches else None,
+                        "last_batch_at": batches[0]["finished_at"] if batches else None,
+                        "last_batch_error": batches[0]["error"] if batches else None,
+                        "open_dead_letters": row["open_dead_letters"],
+                        "exhausted_dead_letters": row["exhausted_dead_letters"],
+                        "lag_seconds": lag.details["lag_seconds"],
+                        "source_relative_lag_seconds": lag.details["source_relative_lag_seconds"],
+                        "sla_seconds": settings.lag_sla_seconds,
+                        "sla_breached": not lag.passed,
+                    }
+                )
+            return out
+    except WarehouseBusyError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _json_default(value: object) -> str:
@@ -275,22 +281,29 @@ def _json_default(value: object) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Exits 3 when a dataset breaches the lag SLA (usable from cron or a monitor)."""
     rows = dataset_status(settings)
+    breached = [r["dataset"] for r in rows if r["sla_breached"]]
     if args.json:
         print(json.dumps(rows, default=_json_default, indent=2))
-        return 0
-    print(f"warehouse: {settings.warehouse_path}")
-    print(
-        f"  {'dataset':<24} {'rows':>10} {'watermark':<26} {'last batch':<10} "
-        f"{'open DL':>7} {'exhausted':>9}"
-    )
-    for r in rows:
-        watermark = r["watermark"].isoformat(timespec="seconds") if r["watermark"] else "-"
+    else:
+        print(f"warehouse: {settings.warehouse_path}   lag SLA: {settings.lag_sla_seconds:g}s")
         print(
-            f"  {r['dataset']:<24} {r['rows']:>10,} {watermark:<26} "
-            f"{r['last_batch_status'] or '-':<10} {r['open_dead_letters']:>7,} "
-            f"{r['exhausted_dead_letters']:>9,}"
+            f"  {'dataset':<24} {'rows':>10} {'watermark':<26} {'last batch':<10} "
+            f"{'lag s':>8} {'SLA':<8} {'open DL':>7} {'exhausted':>9}"
         )
+        for r in rows:
+            watermark = r["watermark"].isoformat(timespec="seconds") if r["watermark"] else "-"
+            lag = f"{r['lag_seconds']:.0f}" if r["lag_seconds"] is not None else "-"
+            print(
+                f"  {r['dataset']:<24} {r['rows']:>10,} {watermark:<26} "
+                f"{r['last_batch_status'] or '-':<10} {lag:>8} "
+                f"{'BREACHED' if r['sla_breached'] else 'ok':<8} {r['open_dead_letters']:>7,} "
+                f"{r['exhausted_dead_letters']:>9,}"
+            )
+    if breached:
+        print(f"export-pipeline: lag SLA breached for: {', '.join(breached)}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -382,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument(
         "--dataset",
         action="append",
+        type=dataset_name,
         metavar="NAME",
         help="a contract dataset (repeatable; default all)",
     )

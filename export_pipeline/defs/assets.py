@@ -4,9 +4,12 @@ import warnings
 from datetime import date
 
 import dagster as dg
+import duckdb
 
 from export_pipeline.batch import BatchResult, combine, run_backfill, run_dataset_batch
+from export_pipeline.config import Settings
 from export_pipeline.contract import DATASETS, Dataset
+from export_pipeline.dead_letters import exhausted_count, retry_dead_letters
 from export_pipeline.defs.resources import ExportResource
 from export_pipeline.validate import SchemaMismatchError
 
@@ -14,6 +17,8 @@ from export_pipeline.validate import SchemaMismatchError
 BATCH_FITS_CONTRACT = "batch_fits_contract"
 #: Warning: rows of the batch went to the dead-letter table.
 NO_ROWS_DEAD_LETTERED = "no_rows_dead_lettered"
+#: Error: dead letters ran out of retries (the contract's "operational alerting").
+NO_DEAD_LETTERS_EXHAUSTED = "no_dead_letters_exhausted"
 
 
 # BackfillPolicy is "beta" in this Dagster release; it is what makes a range one run.
@@ -60,37 +65,55 @@ def batch_metadata(results: list[BatchResult]) -> dict[str, dg.MetadataValue]:
 
 def _run_batches(
     context: dg.AssetExecutionContext, ds: Dataset, export: ExportResource
-) -> list[BatchResult]:
+) -> tuple[list[BatchResult], int]:
+    """The run's batches, and the dataset's exhausted dead letters afterwards."""
     settings = export.settings()
     dsn = export.source_dsn()
     with export.warehouse() as con:
-        if context.run.tags.get(MODE_TAG) == "microbatch":
-            return [
-                run_dataset_batch(
-                    ds, source_dsn=dsn, con=con, settings=settings, run_id=context.run.run_id
-                )
-            ]
-        window = context.partition_key_range
-        first, last = date.fromisoformat(window.start), date.fromisoformat(window.end)
+        results = _export(context, ds, dsn, con, settings)
+        return results, exhausted_count(con, ds)
 
-        def progress(done: int, total: int, result: BatchResult) -> None:
+
+def _export(
+    context: dg.AssetExecutionContext,
+    ds: Dataset,
+    dsn: str,
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+) -> list[BatchResult]:
+    """Micro-batch (then retry due dead letters) or backfill the run's partition range."""
+    run_id = context.run.run_id
+    if context.run.tags.get(MODE_TAG) == "microbatch":
+        result = run_dataset_batch(ds, source_dsn=dsn, con=con, settings=settings, run_id=run_id)
+        retried = retry_dead_letters(ds, source_dsn=dsn, con=con, settings=settings, run_id=run_id)
+        if retried.retried:
             context.log.info(
-                f"{ds.name} backfill {done}/{total} days ({result.window_end.date()}): "
-                f"extracted {result.extracted}, inserted {result.inserted}, "
-                f"updated {result.updated}, dead-lettered {result.dead_lettered}"
+                f"{ds.name}: retried {retried.retried} dead letters: {retried.resolved} "
+                f"resolved, {retried.still_open} still open, {retried.exhausted} exhausted"
             )
+        return [result]
 
-        return run_backfill(
-            ds,
-            first,
-            last,
-            source_dsn=dsn,
-            con=con,
-            settings=settings,
-            org_id=context.run.tags.get(ORG_TAG),
-            run_id=context.run.run_id,
-            progress=progress,
+    window = context.partition_key_range
+    first, last = date.fromisoformat(window.start), date.fromisoformat(window.end)
+
+    def progress(done: int, total: int, result: BatchResult) -> None:
+        context.log.info(
+            f"{ds.name} backfill {done}/{total} days ({result.window_end.date()}): "
+            f"extracted {result.extracted}, inserted {result.inserted}, "
+            f"updated {result.updated}, dead-lettered {result.dead_lettered}"
         )
+
+    return run_backfill(
+        ds,
+        first,
+        last,
+        source_dsn=dsn,
+        con=con,
+        settings=settings,
+        org_id=context.run.tags.get(ORG_TAG),
+        run_id=run_id,
+        progress=progress,
+    )
 
 
 def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
@@ -114,11 +137,16 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
                 asset=ds.name,
                 description="No row of the batch broke the contract (WARN when some did).",
             ),
+            dg.AssetCheckSpec(
+                NO_DEAD_LETTERS_EXHAUSTED,
+                asset=ds.name,
+                description="No dead letter has run out of retries (these need an operator).",
+            ),
         ],
     )
     def export_asset(context: dg.AssetExecutionContext, export: ExportResource):
         try:
-            results = _run_batches(context, ds, export)
+            results, exhausted = _run_batches(context, ds, export)
         except SchemaMismatchError as exc:
             context.log.error(str(exc))
             yield dg.MaterializeResult(
@@ -131,6 +159,11 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
                     ),
                     dg.AssetCheckResult(
                         check_name=NO_ROWS_DEAD_LETTERED,
+                        passed=True,
+                        metadata={"skipped": "batch rejected as a whole"},
+                    ),
+                    dg.AssetCheckResult(
+                        check_name=NO_DEAD_LETTERS_EXHAUSTED,
                         passed=True,
                         metadata={"skipped": "batch rejected as a whole"},
                     ),
@@ -158,6 +191,11 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
                             for reason, count in sorted(reasons.items())
                         },
                     },
+                ),
+                dg.AssetCheckResult(
+                    check_name=NO_DEAD_LETTERS_EXHAUSTED,
+                    passed=exhausted == 0,
+                    metadata={"exhausted": dg.MetadataValue.int(exhausted)},
                 ),
             ],
         )

@@ -4,7 +4,7 @@ INSERT INTO dx_dead_letter
 SELECT
     md5(concat_ws('|', $dataset, record_key, reason, row_json)) AS dead_letter_id,
     $dataset, $contract_version, record_key, org_id, cursor_at, reason, failed_checks, row_json,
-    $batch_id, now(), now(), now(), 1, NULL, 'open', NULL, NULL
+    $batch_id, now(), now(), now(), 1, now() + to_seconds($retry_after_seconds), 'open', NULL, NULL
 FROM _stage_dead_letters
 QUALIFY row_number() OVER (
     PARTITION BY md5(concat_ws('|', $dataset, record_key, reason, row_json))

@@ -1,0 +1,184 @@
+"""Operating the pipeline: reconciliation checks, their job, and the two schedules."""
+
+import os
+from datetime import UTC, date, timedelta
+
+import dagster as dg
+
+from export_pipeline.config import ConfigError
+from export_pipeline.contract import DATASETS, Dataset
+from export_pipeline.defs.assets import export_microbatch_job
+from export_pipeline.defs.resources import ExportResource
+from export_pipeline.reconcile import CheckName, reconcile_dataset, trailing_days
+
+#: Run tags of a reconciliation launched for explicit days (the CLI); default: trailing days.
+RECONCILE_START_TAG = "export_pipeline/reconcile_start"
+RECONCILE_END_TAG = "export_pipeline/reconcile_end"
+RECONCILE_REPAIR_TAG = "export_pipeline/reconcile_repair"
+
+#: Dagster check name -> (reconciliation check, severity when it fails).
+RECONCILE_CHECKS: dict[str, tuple[CheckName, dg.AssetCheckSeverity]] = {
+    "rows_match_source": ("row_count_parity", dg.AssetCheckSeverity.ERROR),
+    "checksums_match_source": ("checksum_parity", dg.AssetCheckSeverity.ERROR),
+    "lag_within_sla": ("max_lag_sla", dg.AssetCheckSeverity.ERROR),
+    "critical_fields_null_rate_within_threshold": ("null_rate", dg.AssetCheckSeverity.WARN),
+    "status_mix_matches_baseline": ("status_distribution", dg.AssetCheckSeverity.WARN),
+}
+
+_DESCRIPTIONS = {
+    "rows_match_source": "Per UTC day: in-scope source rows = warehouse rows + open dead letters.",
+    "checksums_match_source": "Per UTC day: key-column checksums are equal in source and "
+    "warehouse (after repair of failing days).",
+    "lag_within_sla": "The warehouse trails the source, and the last successful batch is, "
+    "within the lag SLA.",
+    "critical_fields_null_rate_within_threshold": "Null rate of the contract's critical fields "
+    "per day is within the threshold.",
+    "status_mix_matches_baseline": "Each day's run status mix (overall, and per org with enough "
+    "runs) shows no significant shift from the trailing baseline.",
+}
+
+
+def _applies(ds: Dataset, check: CheckName) -> bool:
+    if check == "null_rate":
+        return bool(ds.critical_fields)
+    if check == "status_distribution":
+        return ds.name == "dx_operation_runs_v1"
+    return True
+
+
+def _days(tags: dict[str, str], default: int) -> list[date]:
+    if RECONCILE_START_TAG in tags:
+        first = date.fromisoformat(tags[RECONCILE_START_TAG])
+        last = date.fromisoformat(tags.get(RECONCILE_END_TAG, tags[RECONCILE_START_TAG]))
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    return trailing_days(default)
+
+
+def build_reconcile_checks(ds: Dataset) -> dg.AssetChecksDefinition:
+    names = [name for name, (check, _) in RECONCILE_CHECKS.items() if _applies(ds, check)]
+
+    @dg.multi_asset_check(
+        name=f"reconcile_{ds.name}",
+        specs=[
+            dg.AssetCheckSpec(name, asset=ds.name, description=_DESCRIPTIONS[name])
+            for name in names
+        ],
+    )
+    def reconcile_checks(context: dg.AssetCheckExecutionContext, export: ExportResource):
+        settings = export.settings()
+        tags = context.run.tags
+        days = _days(tags, settings.reconcile_days)
+        with export.warehouse() as con:
+            results = reconcile_dataset(
+                ds,
+                days,
+                source_dsn=export.source_dsn(),
+                con=con,
+                settings=settings,
+                repair=tags.get(RECONCILE_REPAIR_TAG, "true") != "false",
+                run_id=context.run.run_id,
+            )
+        for name in names:
+            check, severity = RECONCILE_CHECKS[name]
+            mine = [r for r in results if r.check == check]
+            failing = [r for r in mine if not r.passed]
+            repaired = [r for r in mine if "repaired" in r.details]
+            metadata = {
+                "days": dg.MetadataValue.text(f"{days[0]} .. {days[-1]}"),
+                "results": dg.MetadataValue.int(len(mine)),
+                "failing": dg.MetadataValue.int(len(failing)),
+                "repaired_days": dg.MetadataValue.int(len({r.day for r in repaired})),
+            }
+            if failing:
+                metadata["failures"] = dg.MetadataValue.json(
+                    [
+                        {
+                            "day": str(r.day),
+                            "org_id": r.org_id,
+                            "observed": r.observed,
+                            "expected": r.expected,
+                        }
+                        for r in failing[:20]
+                    ]
+                )
+            if repaired:
+                metadata["repairs"] = dg.MetadataValue.json(
+                    [{"day": str(r.day), **r.details["repaired"]} for r in repaired[:20]]
+                )
+            context.log.info(f"{ds.name} {name}: {len(failing)} of {len(mine)} failing")
+            yield dg.AssetCheckResult(
+                asset_key=ds.name,
+                check_name=name,
+                passed=not failing,
+                severity=severity,
+                metadata=metadata,
+            )
+
+    return reconcile_checks
+
+
+RECONCILE_CHECK_DEFS = [build_reconcile_checks(ds) for ds in DATASETS]
+
+reconcile_job = dg.define_asset_job(
+    "reconcile_job",
+    selection=dg.AssetSelection.checks(*RECONCILE_CHECK_DEFS),
+    executor_def=dg.in_process_executor,
+    description="Reconcile source against warehouse for the trailing days, repairing drift.",
+)
+
+
+def microbatch_minutes() -> int:
+    """EXPORT_MICROBATCH_MINUTES (5-15, default 10): the micro-batch schedule's period."""
+    raw = os.environ.get("EXPORT_MICROBATCH_MINUTES", "10")
+    if not raw.isdigit() or not 5 <= int(raw) <= 15:
+        raise ConfigError(f"EXPORT_MICROBATCH_MINUTES={raw!r} must be a whole number from 5 to 15")
+    return int(raw)
+
+
+@dg.schedule(
+    name="export_microbatch_schedule",
+    cron_schedule=f"*/{microbatch_minutes()} * * * *",
+    job=export_microbatch_job,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Micro-batch every EXPORT_MICROBATCH_MINUTES (default 10) minutes.",
+)
+def export_microbatch_schedule(context: dg.ScheduleEvaluationContext):
+    """Skips, saying why, while the previous micro-batch is still queued or running."""
+    in_flight = context.instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=export_microbatch_job.name,
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+            ],
+        ),
+        limit=1,
+    )
+    if in_flight:
+        run_id = in_flight[0].dagster_run.run_id
+        return dg.SkipReason(
+            f"micro-batch run {run_id} is still in progress; this tick is skipped (the next "
+            "micro-batch reads from the watermark, so nothing is lost)"
+        )
+    day = context.scheduled_execution_time.astimezone(UTC).date().isoformat()
+    return dg.RunRequest(partition_key=day)
+
+
+reconcile_schedule = dg.ScheduleDefinition(
+    name="reconcile_schedule",
+    cron_schedule=os.environ.get("EXPORT_RECONCILE_CRON", "0 3 * * *"),
+    job=reconcile_job,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Daily reconciliation of the trailing EXPORT_RECONCILE_DAYS days (default 3), "
+    "off-peak (EXPORT_RECONCILE_CRON, default 03:00 UTC).",
+)
+
+defs = dg.Definitions(
+    asset_checks=RECONCILE_CHECK_DEFS,
+    jobs=[reconcile_job],
+    schedules=[export_microbatch_schedule, reconcile_schedule],
+)
