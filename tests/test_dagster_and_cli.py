@@ -51,26 +51,34 @@ def _run_job(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
 
 
 def test_code_location_declares_five_assets_their_sources_and_checks():
-    """The UI's lineage (source -> warehouse) and checks come from these definitions; a rename
-    breaks analysts' references and must be deliberate."""
+    """The UI's lineage (source -> warehouse -> lake) and checks come from these definitions;
+    a rename breaks analysts' references and must be deliberate."""
     from export_pipeline.definitions import defs
 
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {ds.name for ds in DATASETS} | {
-        "source/ops/operation_runs",
-        "source/ops/operation_events",
-        "source/entities/company_entities",
-        "source/entities/person_entities",
-        "source/entities/entity_snapshots",
-    }
+    sources = {"source/" + ds.source_table.replace(".", "/") for ds in DATASETS}
+    assert keys == {ds.name for ds in DATASETS} | sources | {f"lake/{ds.name}" for ds in DATASETS}
     for ds in DATASETS:
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(ds.name)).parent_keys}
         assert parents == {"source/" + ds.source_table.replace(".", "/")}
-    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert checks == {
-        (ds.name, name) for ds in DATASETS for name in (BATCH_FITS_CONTRACT, NO_ROWS_DEAD_LETTERED)
+    checks: dict[str, set[str]] = {}
+    for key in graph.asset_check_keys:
+        checks.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
+    every = {
+        BATCH_FITS_CONTRACT,
+        NO_ROWS_DEAD_LETTERED,
+        "no_dead_letters_exhausted",
+        "rows_match_source",
+        "checksums_match_source",
+        "lag_within_sla",
     }
+    assert checks["dx_operation_runs_v1"] == every | {"status_mix_matches_baseline"}
+    assert checks["dx_operation_events_v1"] == every
+    assert checks["dx_entity_snapshots_v1"] == every
+    null_rate = {"critical_fields_null_rate_within_threshold"}
+    assert checks["dx_company_entities_v1"] == every | null_rate
+    assert checks["dx_person_entities_v1"] == every | null_rate
 
 
 def test_microbatch_job_exports_every_dataset_and_reports_metadata(export_env, seeded_dsn):
