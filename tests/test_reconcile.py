@@ -1,0 +1,258 @@
+"""Daily reconciliation: parity that holds on equal data, catches drift, and repairs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import Pipeline
+from rows import new_id
+
+from export_pipeline.contract import (
+    COMPANY_ENTITIES,
+    DATASETS,
+    OPERATION_EVENTS,
+    OPERATION_RUNS,
+    PERSON_ENTITIES,
+)
+from export_pipeline.reconcile import (
+    CheckResult,
+    chi_square_sf,
+    null_rate_checks,
+    reconcile_dataset,
+    status_distribution_checks,
+    status_shift,
+)
+from export_pipeline.warehouse import fetch_dicts, run_sql
+
+REPO = Path(__file__).resolve().parent.parent
+TODAY = datetime.now(UTC).date()
+
+
+def _at(day: date, hour: int = 12, minute: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+
+
+def _reconcile(pipe: Pipeline, ds, days, repair=True) -> list[CheckResult]:
+    return reconcile_dataset(
+        ds, days, source_dsn=pipe.src.dsn, con=pipe.con, settings=pipe.settings, repair=repair
+    )
+
+
+def _check(results: list[CheckResult], name: str, day: date) -> CheckResult:
+    (found,) = [r for r in results if r.check == name and r.day == day and r.org_id is None]
+    return found
+
+
+def test_equal_data_always_matches_even_with_dead_letters_in_the_window(pipe: Pipeline):
+    """False alarms teach operators to ignore the check; a clean export must reconcile."""
+    day = TODAY - timedelta(days=1)
+    for hour in (0, 5, 23):
+        pipe.src.insert(OPERATION_RUNS, created_at=_at(day, hour))
+    pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 9), status="exploded")  # dead letter
+    run = pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 1))
+    for seq in (0, 1):
+        pipe.src.insert(
+            OPERATION_EVENTS, run_id=run["run_id"], event_sequence=seq, occurred_at=_at(day, 2)
+        )
+    pipe.src.insert(  # a duplicate (run_id, event_sequence): dead-lettered as a guard violation
+        OPERATION_EVENTS, run_id=run["run_id"], event_sequence=1, occurred_at=_at(day, 3)
+    )
+    pipe.src.insert(COMPANY_ENTITIES, updated_at=_at(day), record_version=2)
+    for ds in (OPERATION_RUNS, OPERATION_EVENTS, COMPANY_ENTITIES):
+        pipe.export(ds)
+        assert pipe.dead_letters(ds) or ds is COMPANY_ENTITIES
+        results = _reconcile(pipe, ds, [day], repair=False)
+        for name in ("row_count_parity", "checksum_parity"):
+            assert _check(results, name, day).passed, (ds.name, name)
+
+
+def test_row_committed_beyond_the_lookback_is_repaired_by_reconciliation(pipe: Pipeline):
+    """Late commits past the lookback are why reconciliation exists: it must find and load them,
+    and say what it repaired."""
+    day = TODAY - timedelta(days=2)
+    pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 8))
+    pipe.export(OPERATION_RUNS)
+    late = pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 14, 30))
+    pipe.export(OPERATION_RUNS)  # the micro-batch's lookback does not reach two days back
+    assert late["run_id"] not in {str(r["run_id"]) for r in pipe.rows(OPERATION_RUNS)}
+
+    results = _reconcile(pipe, OPERATION_RUNS, [day])
+
+    assert late["run_id"] in {str(r["run_id"]) for r in pipe.rows(OPERATION_RUNS)}
+    parity = _check(results, "row_count_parity", day)
+    assert parity.passed and parity.observed == parity.expected == 2
+    repaired = parity.details["repaired"]
+    assert repaired["inserted"] == 1
+    assert repaired["buckets"] == [{"org_id": late["org_id"], "hour": 14, "reread_by_key": 0}]
+    (recorded,) = fetch_dicts(
+        pipe.con,
+        "SELECT passed, details FROM dx_reconciliation_results WHERE dataset = $d "
+        "AND check_name = 'row_count_parity' AND day = $day",
+        {"d": OPERATION_RUNS.name, "day": day},
+    )
+    assert recorded["passed"] and json.loads(recorded["details"])["repaired"]["inserted"] == 1
+    assert pipe.ledger(OPERATION_RUNS)[-1]["mode"] == "repair"
+
+
+def test_one_changed_key_shows_in_checksum_parity_with_equal_counts(pipe: Pipeline):
+    """Counts alone miss a row that changed its key columns; the checksum must not."""
+    day = TODAY - timedelta(days=1)
+    rows = [pipe.src.insert(OPERATION_RUNS, created_at=_at(day, h)) for h in (3, 4)]
+    pipe.export(OPERATION_RUNS)
+    pipe.src.update(OPERATION_RUNS, {"run_id": rows[0]["run_id"]}, created_at=_at(day, 3, 1))
+
+    results = _reconcile(pipe, OPERATION_RUNS, [day], repair=False)
+
+    assert _check(results, "row_count_parity", day).passed
+    assert not _check(results, "checksum_parity", day).passed
+
+
+def test_entity_that_moved_to_a_newer_day_is_repaired_by_key(pipe: Pipeline):
+    """A newer version moves an entity's cursor out of the old day; the repair re-reads it by
+    key so the warehouse follows, instead of flagging the old day forever."""
+    old_day, new_day = TODAY - timedelta(days=3), TODAY - timedelta(days=1)
+    company = pipe.src.insert(COMPANY_ENTITIES, updated_at=_at(old_day), record_version=1)
+    pipe.export(COMPANY_ENTITIES)
+    key = {"org_id": company["org_id"], "entity_id": company["entity_id"]}
+    pipe.src.update(COMPANY_ENTITIES, key, updated_at=_at(new_day), record_version=2)
+
+    results = _reconcile(pipe, COMPANY_ENTITIES, [old_day, new_day])
+
+    assert all(r.passed for r in results if r.check.endswith("parity"))
+    (row,) = pipe.rows(COMPANY_ENTITIES)
+    assert row["record_version"] == 2
+    assert _check(results, "row_count_parity", old_day).details["repaired"]["updated"] == 1
+
+
+def test_drift_that_repair_cannot_fix_is_reported_as_failing(pipe: Pipeline, tmp_path: Path):
+    """A row deleted at the source cannot be re-extracted: the CLI must exit non-zero."""
+    day = TODAY - timedelta(days=1)
+    gone = pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 6))
+    pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 7))
+    pipe.export(OPERATION_RUNS)
+    pipe.src.execute("DELETE FROM ops.operation_runs WHERE run_id = %s", (gone["run_id"],))
+    pipe.con.close()
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "EXPORT_SOURCE_DSN": pipe.src.dsn,
+        "EXPORT_DATA_DIR": str(pipe.settings.data_dir),
+        "DAGSTER_HOME": str(home),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "export_pipeline.cli", "reconcile", "--date", day.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "row_count_parity" in done.stdout and "FAILED" in done.stdout
+    assert "still fail" in done.stderr
+
+
+def test_null_rate_above_threshold_is_flagged(pipe: Pipeline):
+    """Enrichment quietly losing domains or names is a data-quality incident."""
+    day = TODAY - timedelta(days=1)
+    for i in range(10):
+        pipe.src.insert(
+            COMPANY_ENTITIES, updated_at=_at(day), canonical_domain=None if i < 3 else "x.io"
+        )
+    for i in range(10):
+        names = {"full_name": None, "first_name": None} if i < 1 else {}
+        pipe.src.insert(PERSON_ENTITIES, updated_at=_at(day), **names)
+    for ds in (COMPANY_ENTITIES, PERSON_ENTITIES):
+        pipe.export(ds)
+    settings = replace(pipe.settings, null_rate_threshold=0.2)
+    company = null_rate_checks(COMPANY_ENTITIES, pipe.con, [day], settings.null_rate_threshold)
+    by_field = {r.details["field"]: r for r in company}
+    assert not by_field["canonical_domain"].passed
+    assert by_field["canonical_domain"].observed == pytest.approx(0.3)
+    assert by_field["canonical_name"].passed
+    (person,) = null_rate_checks(PERSON_ENTITIES, pipe.con, [day], settings.null_rate_threshold)
+    assert person.passed and person.observed == pytest.approx(0.1)
+
+
+def test_chi_square_tail_matches_known_critical_values():
+    """The anomaly test's p-values must be right for the test to be sound."""
+    assert chi_square_sf(3.841, 1) == pytest.approx(0.05, abs=1e-3)
+    assert chi_square_sf(5.991, 2) == pytest.approx(0.05, abs=1e-3)
+    assert chi_square_sf(7.815, 3) == pytest.approx(0.05, abs=1e-3)
+    assert chi_square_sf(16.266, 3) == pytest.approx(0.001, abs=1e-4)
+    assert chi_square_sf(0, 3) == 1.0
+
+
+def _insert_runs(pipe: Pipeline, day: date, mix: dict[str, float], n: int, rng, org: str) -> None:
+    statuses = rng.choices(list(mix), weights=list(mix.values()), k=n)
+    rows = [
+        (new_id(), "op", "act", "company", new_id(), org, status, 1, _at(day), _at(day))
+        for status in statuses
+    ]
+    pipe.con.executemany(
+        f"INSERT INTO {OPERATION_RUNS.name} (export_schema_version, run_id, operation_id, "
+        "action_id, entity_type, entity_id, org_id, status, attempt_count, started_at, "
+        "created_at, _batch_id, _loaded_at) "
+        "VALUES ('v1', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'b', now())",
+        rows,
+    )
+
+
+NORMAL_MIX = {"succeeded": 0.85, "failed": 0.08, "skipped": 0.05, "canceled": 0.02}
+
+
+def test_status_shift_is_flagged_and_a_normal_day_is_not(pipe: Pipeline):
+    """Operators must hear about a provider outage (failures jump) but not about noise."""
+    rng = random.Random(7)
+    org = new_id()
+    judged_normal, judged_shifted = TODAY - timedelta(days=2), TODAY - timedelta(days=1)
+    for back in range(3, 10):
+        _insert_runs(pipe, TODAY - timedelta(days=back), NORMAL_MIX, 600, rng, org)
+    _insert_runs(pipe, judged_normal, NORMAL_MIX, 600, rng, org)
+    shifted = {"succeeded": 0.60, "failed": 0.33, "skipped": 0.05, "canceled": 0.02}
+    _insert_runs(pipe, judged_shifted, shifted, 600, rng, org)
+
+    results = status_distribution_checks(pipe.con, [judged_normal, judged_shifted])
+
+    overall = {r.day: r for r in results if r.org_id is None}
+    per_org = {r.day: r for r in results if r.org_id == org}
+    assert overall[judged_normal].passed and per_org[judged_normal].passed
+    assert not overall[judged_shifted].passed and not per_org[judged_shifted].passed
+    assert overall[judged_shifted].details["max_shift"] > 0.2
+
+
+def test_small_samples_are_not_judged():
+    """Ten runs with three failures is not evidence of anything; it must not alarm."""
+    shift = status_shift({"succeeded": 7, "failed": 3}, {"succeeded": 850, "failed": 80})
+    assert shift["n"] == 10
+    # status_distribution_checks only judges days with STATUS_MIN_SAMPLE runs; the test itself
+    # would call this significant, which is exactly why the minimum sample exists.
+    assert shift["p_value"] < 0.05
+
+
+def test_reconciliation_records_every_check_for_every_day(pipe: Pipeline):
+    """The results table is the audit trail; each check of each day must land there."""
+    days = [TODAY - timedelta(days=d) for d in (2, 1)]
+    for ds in DATASETS:
+        pipe.export(ds)
+        _reconcile(pipe, ds, days)
+    rows = run_sql(
+        pipe.con,
+        "SELECT dataset, check_name, count(*) FROM dx_reconciliation_results GROUP BY ALL",
+    )
+    counts = {(d, c): n for d, c, n in rows}
+    for ds in DATASETS:
+        assert counts[(ds.name, "row_count_parity")] == 2
+        assert counts[(ds.name, "checksum_parity")] == 2
+        assert counts[(ds.name, "max_lag_sla")] == 1
+    assert counts[(COMPANY_ENTITIES.name, "null_rate")] == 4
+    assert counts[(OPERATION_RUNS.name, "status_distribution")] == 2
