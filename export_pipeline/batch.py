@@ -22,11 +22,11 @@ import duckdb
 
 from export_pipeline import extract, load, validate
 from export_pipeline.config import Settings, redact_dsn
-from export_pipeline.contract import CONTRACT_VERSION, Dataset
+from export_pipeline.contract import DUAL_PUBLISH, Dataset
 from export_pipeline.extract import KeySet, Window
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.validate import SchemaMismatchError
-from export_pipeline.warehouse import get_watermark, run_sql
+from export_pipeline.warehouse import ensure_schema, get_watermark, run_sql
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,12 @@ def run_dataset_batch(
     run_id: str | None = None,
     mode: BatchMode = "microbatch",
     window: Window | KeySet | None = None,
+    also_publish: tuple[Dataset, ...] | None = None,
 ) -> BatchResult:
     """Export one batch of one dataset; the window defaults to the micro-batch window.
+
+    The same rows also fill each successor version in ``also_publish`` (by default the
+    dataset's dual-publish window, ``contract.DUAL_PUBLISH``), in the same transaction.
 
     A transient failure (connection lost, timeout, lock contention) rolls the batch back and
     retries it with exponential backoff, up to ``settings.transient_retries`` times; any other
@@ -99,6 +103,7 @@ def run_dataset_batch(
                 run_id=run_id,
                 mode=mode,
                 window=window,
+                also_publish=also_publish,
             )
         except Exception as exc:
             if not is_transient(exc) or attempt > settings.transient_retries:
@@ -125,6 +130,7 @@ def _run_dataset_batch_once(
     run_id: str | None,
     mode: BatchMode,
     window: Window | KeySet | None,
+    also_publish: tuple[Dataset, ...] | None,
 ) -> BatchResult:
     batch_id = str(uuid.uuid4())
     started_at = datetime.now(UTC)
@@ -151,7 +157,7 @@ def _run_dataset_batch_once(
             read_sql("warehouse", "merge_dead_letters.sql"),
             {
                 "dataset": ds.name,
-                "contract_version": CONTRACT_VERSION,
+                "contract_version": ds.version,
                 "batch_id": batch_id,
                 "retry_after_seconds": settings.dead_letter_retry_base_seconds,
             },
@@ -187,6 +193,9 @@ def _run_dataset_batch_once(
         if result.accounted != result.extracted:
             raise AssertionError(f"{ds.name}: accounting identity broken: {result}")
         _record_batch(con, result, run_id, started_at, "succeeded", None)
+        validation_dead = dead_lettered - sum(outcomes[o] for o in load.DEAD_LETTER_OUTCOMES)
+        for later in DUAL_PUBLISH.get(ds.name, ()) if also_publish is None else also_publish:
+            _publish_successor(con, ds, later, result, validation_dead, run_id, started_at)
         if mode == "microbatch" and isinstance(window, Window):
             run_sql(
                 con,
@@ -237,6 +246,37 @@ def scrub(text: str, dsn: str | None) -> str:
         text = text.replace(dsn, redact_dsn(dsn))
     text = _DSN_PASSWORD.sub(r"\1***@", text)
     return re.sub(r"(password=)[^&\s]+", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _publish_successor(
+    con: duckdb.DuckDBPyConnection,
+    ds: Dataset,
+    later: Dataset,
+    primary: BatchResult,
+    validation_dead: int,
+    run_id: str | None,
+    started_at: datetime,
+) -> None:
+    """Fill a successor version's table from the staged rows; its own ledger row."""
+    ensure_schema(con, (later,))
+    stage = load.stage_successor(con, ds, later)
+    outcomes = load.apply_classified(con, later, primary.batch_id, stage, dead_letters=False)
+    dead = validation_dead + sum(outcomes[o] for o in load.DEAD_LETTER_OUTCOMES)
+    counted = BatchResult(
+        **{
+            **asdict(primary),
+            "batch_id": str(uuid.uuid4()),
+            "dataset": later.name,
+            "inserted": outcomes["insert"],
+            "updated": outcomes["update"],
+            "unchanged": outcomes["unchanged"],
+            "stale": outcomes["stale"],
+            "dead_lettered": dead,
+        }
+    )
+    if counted.accounted != counted.extracted:
+        raise AssertionError(f"{later.name}: accounting identity broken: {counted}")
+    _record_batch(con, counted, run_id, started_at, "succeeded", None)
 
 
 def _with_position(

@@ -7,7 +7,8 @@ additive column is a change here and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 LogicalType = Literal["uuid", "text", "int", "bigint", "numeric", "timestamptz", "jsonb"]
@@ -362,6 +363,57 @@ def dataset(name: str) -> Dataset:
     except KeyError:
         valid = ", ".join(DATASETS_BY_NAME)
         raise KeyError(f"unknown dataset {name!r}; expected one of: {valid}") from None
+
+
+def successor(
+    ds: Dataset, version: str, renames: Mapping[str, str], description: str | None = None
+) -> Dataset:
+    """The next contract version of a dataset: columns renamed, read from the same source
+    columns, published as its own table (``dx_<name>_<version>``).
+
+    Renames break consumers, so they happen only in a new version, dual-published with the old
+    one (``DUAL_PUBLISH``) until consumers have migrated (contract "Schema Governance").
+    """
+    unknown = set(renames) - set(ds.column_names)
+    if unknown:
+        raise KeyError(f"{ds.name} has no column(s) {sorted(unknown)} to rename")
+
+    def new(name: str) -> str:
+        return renames.get(name, name)
+
+    columns = tuple(
+        replace(
+            c,
+            name=new(c.name),
+            source=None if c.name == "export_schema_version" else c.source_name,
+            allowed=(version,) if c.name == "export_schema_version" else c.allowed,
+        )
+        for c in ds.columns
+    )
+    base = ds.name.removesuffix(f"_{ds.version}")
+    return replace(
+        ds,
+        name=f"{base}_{version}",
+        version=version,
+        description=description or ds.description,
+        columns=columns,
+        primary_key=tuple(new(c) for c in ds.primary_key),
+        unique_guards=tuple(tuple(new(c) for c in g) for g in ds.unique_guards),
+        cursor=new(ds.cursor),
+        version_column=new(ds.version_column) if ds.version_column else None,
+        partition_by=tuple(new(c) for c in ds.partition_by),
+        critical_fields=tuple(
+            CriticalField(f.name, tuple(tuple(new(c) for c in g) for g in f.any_of))
+            for f in ds.critical_fields
+        ),
+        row_rules=tuple(replace(r, left=new(r.left), right=new(r.right)) for r in ds.row_rules),
+        out_of_scope=tuple((new(c), v) for c, v in ds.out_of_scope),
+    )
+
+
+#: Dual-publish windows: for a dataset name, the successor versions filled from the same
+#: extract while consumers migrate. Empty while v1 is the only published version.
+DUAL_PUBLISH: dict[str, tuple[Dataset, ...]] = {}
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,8 @@ def stage_dead_letters(con: duckdb.DuckDBPyConnection, letters: pl.DataFrame) ->
         )
 
 
-def classify_sql(ds: Dataset) -> str:
-    """SQL creating ``_classified``: every staged row with its outcome."""
+def classify_sql(ds: Dataset, stage: str = STAGE) -> str:
+    """SQL creating ``_classified``: every row of ``stage`` with its outcome."""
     pk = ", ".join(_q(c) for c in ds.primary_key)
     target = _q(ds.name)
     first_pk = _q(ds.primary_key[0])
@@ -120,7 +120,7 @@ def classify_sql(ds: Dataset) -> str:
 CREATE OR REPLACE TEMP TABLE {CLASSIFIED} AS
 WITH ranked AS (
     SELECT s.*, row_number() OVER (PARTITION BY {pk} ORDER BY {v} DESC, _ord) AS _rank
-    FROM {STAGE} s
+    FROM {stage} s
 ),
 winners AS (SELECT * FROM ranked WHERE _rank = 1)
 SELECT {_cols(ds, "w.")}, w._ord, CASE
@@ -163,7 +163,7 @@ WHERE r._rank > 1
 CREATE OR REPLACE TEMP TABLE {CLASSIFIED} AS
 WITH ranked AS (
     SELECT s.*, row_number() OVER (PARTITION BY {pk} ORDER BY _ord) AS _rank
-    FROM {STAGE} s
+    FROM {stage} s
 ),
 winners AS (
     SELECT r.*, t.{first_pk} IS NOT NULL AS _in_target,
@@ -193,6 +193,22 @@ WHERE r._rank > 1
 """
 
 
+def stage_successor(con: duckdb.DuckDBPyConnection, primary: Dataset, successor: Dataset) -> str:
+    """Copy the primary dataset's stage under the successor's column names; return its name.
+
+    Columns pair by position: :func:`export_pipeline.contract.successor` renames in place.
+    """
+    stage = f"_stage_{successor.version}"
+    columns = ", ".join(
+        f"'{successor.version}' AS export_schema_version"
+        if new.name == "export_schema_version"
+        else f"{_q(old.name)} AS {_q(new.name)}"
+        for old, new in zip(primary.columns, successor.columns, strict=True)
+    )
+    run_sql(con, f"CREATE OR REPLACE TEMP TABLE {stage} AS SELECT {columns}, _ord FROM {STAGE}")
+    return stage
+
+
 def _dead_letter_checks(ds: Dataset) -> str:
     """A SQL expression naming the check a load-stage dead letter failed."""
     if ds.write_mode == "upsert":
@@ -202,11 +218,19 @@ def _dead_letter_checks(ds: Dataset) -> str:
 
 
 def apply_classified(
-    con: duckdb.DuckDBPyConnection, ds: Dataset, batch_id: str
+    con: duckdb.DuckDBPyConnection,
+    ds: Dataset,
+    batch_id: str,
+    stage: str = STAGE,
+    dead_letters: bool = True,
 ) -> dict[Outcome, int]:
-    """Write the classified stage into the table; return the count of each outcome."""
+    """Write the classified stage into the table; return the count of each outcome.
+
+    With ``dead_letters``, rows whose outcome is a dead letter are staged as such (a successor
+    version published from the same rows leaves that to the primary dataset).
+    """
     target = _q(ds.name)
-    run_sql(con, classify_sql(ds))
+    run_sql(con, classify_sql(ds, stage))
     run_sql(
         con,
         f"DELETE FROM {target} USING {CLASSIFIED} c "
@@ -221,6 +245,9 @@ def apply_classified(
     )
     key = ", ".join(f"{_q(c)} := {_q(c)}" for c in ds.primary_key)
     row = ", ".join(f"{_q(c)} := {_q(c)}" for c in ds.column_names)
+    if not dead_letters:
+        counts = dict(run_sql(con, f"SELECT _outcome, count(*) FROM {CLASSIFIED} GROUP BY ALL"))
+        return {o: int(counts.get(o, 0)) for o in OUTCOMES}
     run_sql(
         con,
         f"INSERT INTO {STAGE_DEAD_LETTERS} SELECT to_json(struct_pack({key}))::VARCHAR, "

@@ -17,7 +17,6 @@ import polars as pl
 import pyarrow as pa_arrow
 
 from export_pipeline.contract import (
-    CONTRACT_VERSION,
     FUTURE_SKEW_SECONDS,
     NUMERIC_PRECISION,
     NUMERIC_SCALE,
@@ -157,7 +156,7 @@ def validate_batch(ds: Dataset, raw: pl.DataFrame, now: datetime | None = None) 
             f"{ds.name}: source {ds.source_table} lacks contract column(s) {', '.join(missing)}"
         )
     raw = redact_json_columns(
-        raw.with_columns(pl.lit(CONTRACT_VERSION).alias("export_schema_version")),
+        raw.with_columns(pl.lit(ds.version).alias("export_schema_version")),
         [c.name for c in ds.columns if c.type == "jsonb"],
     ).select(_ordered_names(ds))
     cast, cast_failures = _cast(ds, raw)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,17 +22,23 @@ from export_pipeline.warehouse import fetch_dicts, open_warehouse
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One PostgreSQL server for the whole session, with its data in a pytest temp dir.
+def pg_server() -> Iterator[Any]:
+    """One PostgreSQL server for the whole session, with its data in a private temp dir.
 
+    Not under pytest's numbered ``basetemp``: concurrent pytest sessions can race on those
+    numbers and rotate each other's directories away, which kills a running server.
     Yields the ``pgserver`` server object: ``get_uri()`` for the admin database,
     ``get_uri(database=name)`` for another one. The server and its data are removed at the end.
     """
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="delete")
-    yield server
-    server.cleanup()
+    root = Path(tempfile.mkdtemp(prefix="export_pipeline_test_pg_"))
+    server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

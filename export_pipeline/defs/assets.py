@@ -210,7 +210,8 @@ EXPORT_ASSETS = [build_export_asset(ds) for ds in DATASETS]
 #: so they never fight over DuckDB's single-writer file lock.
 export_microbatch_job = dg.define_asset_job(
     "export_microbatch_job",
-    selection=dg.AssetSelection.assets(*EXPORT_ASSETS),
+    # The lake assets (defs/lake.py) publish what the warehouse assets loaded, in the same run.
+    selection=dg.AssetSelection.assets(*EXPORT_ASSETS) | dg.AssetSelection.groups("lake"),
     executor_def=dg.in_process_executor,
     tags={MODE_TAG: "microbatch"},
     description="One micro-batch of every contract dataset: extract, validate, load. "
@@ -220,7 +221,8 @@ export_microbatch_job = dg.define_asset_job(
 #: Re-extract a partition range (UTC days) of the chosen datasets, as one run.
 export_backfill_job = dg.define_asset_job(
     "export_backfill_job",
-    selection=dg.AssetSelection.assets(*EXPORT_ASSETS),
+    # The lake assets (defs/lake.py) publish what the warehouse assets loaded, in the same run.
+    selection=dg.AssetSelection.assets(*EXPORT_ASSETS) | dg.AssetSelection.groups("lake"),
     executor_def=dg.in_process_executor,
     tags={MODE_TAG: "backfill"},
     description="Backfill: re-extract the run's partition range (UTC days), idempotently.",
