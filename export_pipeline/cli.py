@@ -353,9 +353,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print("5. dead letters by reason: " + ", ".join(f"{r['reason']} {r['n']}" for r in reasons))
     print(
         f"""
-warehouse file:  {settings.warehouse_path}
-query it:        .venv/bin/python -c "import duckdb; print(duckdb.connect('{settings.warehouse_path}', read_only=True).sql('SELECT status, count(*) FROM dx_operation_runs_v1 GROUP BY ALL'))"
+warehouse file:  {settings.warehouse_path}   (the pipeline's; it holds the write lock)
+Parquet lake:    {settings.data_dir / "lake"}/<dataset>/   (Hive-partitioned, zstd)
+for analysts:    duckdb {settings.data_dir / "analytics.duckdb"}   (views over the lake; never blocks a run)
+query it:        .venv/bin/export-pipeline query "SELECT status, count(*) AS runs FROM dx_operation_runs_v1 GROUP BY ALL ORDER BY runs DESC"
 status:          .venv/bin/export-pipeline status
+reconcile:       .venv/bin/export-pipeline reconcile
 Dagster UI:      make ui   (then open http://127.0.0.1:3000; run {run_id} is in its run history)"""  # noqa: E501
     )
     return 0
