@@ -289,8 +289,7 @@ def worker_ours(params: dict) -> dict:
     from export_pipeline.config import Settings
     from export_pipeline.warehouse import open_warehouse
 
-    if params.get("stages"):
-        _install_stage_timers()
+    _install_stage_timers()  # a few hundred perf_counter calls: negligible
     settings = Settings.from_env()
     per_dataset = {}
     t0 = time.perf_counter()
@@ -313,9 +312,8 @@ def worker_ours(params: dict) -> dict:
         "rows": sum(d["rows"] for d in per_dataset.values()),
         "datasets": per_dataset,
     }
-    if params.get("stages"):
-        out["stages"] = {k: round(v, 3) for k, v in _STAGE_SECONDS.items()}
-        out["stage_calls"] = dict(_STAGE_CALLS)
+    out["stages"] = {k: round(v, 3) for k, v in _STAGE_SECONDS.items()}
+    out["stage_calls"] = dict(_STAGE_CALLS)
     return out
 
 
@@ -340,45 +338,32 @@ def worker_dagster(params: dict) -> dict:
 
 
 def worker_reconcile(params: dict) -> dict:
-    """One day's reconciliation, when ``export_pipeline.reconcile`` exists."""
+    """Yesterday's reconciliation of every dataset, when ``export_pipeline.reconcile`` exists."""
     try:
-        from export_pipeline import reconcile
-    except ImportError:
-        return {"skipped": "export_pipeline/reconcile.py does not exist yet"}
-    candidates = [
-        n for n in ("reconcile_day", "reconcile", "run_reconciliation") if hasattr(reconcile, n)
-    ]
-    if not candidates:
-        return {"skipped": f"no known entry point in reconcile.py: {dir(reconcile)}"}
-    import inspect
+        from export_pipeline.reconcile import reconcile_dataset
+    except ImportError as exc:
+        return {"skipped": f"export_pipeline.reconcile.reconcile_dataset unavailable: {exc}"}
+    from datetime import timedelta
 
     from export_pipeline.config import Settings
     from export_pipeline.warehouse import open_warehouse
 
-    fn = getattr(reconcile, candidates[0])
     settings = Settings.from_env()
-    day = datetime.now(UTC).date()
-    names = set(inspect.signature(fn).parameters)
-    kwargs: dict[str, Any] = {}
-    for name, value in (
-        ("source_dsn", params["dsn"]),
-        ("dsn", params["dsn"]),
-        ("settings", settings),
-        ("day", day),
-        ("date", day),
-    ):
-        if name in names:
-            kwargs[name] = value
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    per_dataset = {}
     t0 = time.perf_counter()
-    try:
-        if "con" in names:
-            with open_warehouse(settings.warehouse_path) as con:
-                fn(con=con, **kwargs)
-        else:
-            fn(**kwargs)
-    except TypeError as exc:
-        return {"skipped": f"{fn.__name__}{inspect.signature(fn)} not understood: {exc}"}
-    return {"seconds": time.perf_counter() - t0, "entry_point": fn.__name__}
+    with open_warehouse(settings.warehouse_path) as con:
+        for ds in _datasets():
+            t_ds = time.perf_counter()
+            checks = reconcile_dataset(
+                ds, [day], source_dsn=params["dsn"], con=con, settings=settings
+            )
+            per_dataset[ds.name] = {
+                "seconds": time.perf_counter() - t_ds,
+                "checks": len(checks),
+                "failed": sum(1 for c in checks if not getattr(c, "passed", True)),
+            }
+    return {"seconds": time.perf_counter() - t0, "day": str(day), "datasets": per_dataset}
 
 
 WORKERS = {
@@ -711,6 +696,7 @@ class Bench:
         wrap = [str(pyspy), "record", "--idle", "--rate", "100", "--format", "raw"]
         wrap += ["--output", str(raw), "--"]
         print("profile: export_pipeline full export under py-spy + stage timers", flush=True)
+        _snapshot_sources()
         try:
             res = run_worker("ours", {"dsn": self.dsn, "stages": True}, self.env(wd), wrap=wrap)
         except (RuntimeError, FileNotFoundError) as exc:
@@ -761,6 +747,13 @@ _FRAME_STAGES = (
 )
 
 _STATEMENT_CACHE: dict[tuple[str, int], str] = {}
+#: The package's sources as the profiled worker loaded them (others may edit the tree meanwhile).
+_SOURCE_SNAPSHOT: dict[str, str] = {}
+
+
+def _snapshot_sources() -> None:
+    for path in (ROOT / "export_pipeline").rglob("*.py"):
+        _SOURCE_SNAPSHOT[str(path.relative_to(ROOT))] = path.read_text()
 
 
 def _statement_text(path: str, line: int) -> str:
@@ -769,7 +762,7 @@ def _statement_text(path: str, line: int) -> str:
     if key not in _STATEMENT_CACHE:
         text = ""
         try:
-            source = Path(path).read_text()
+            source = _SOURCE_SNAPSHOT.get(path) or (ROOT / path).read_text()
             best = None
             for node in ast.walk(ast.parse(source)):
                 if isinstance(node, ast.stmt) and not isinstance(
@@ -789,7 +782,8 @@ def _statement_text(path: str, line: int) -> str:
 
 def _frame_stage(func: str, path: str, line: int) -> str | None:
     for name, fragment, stage in _FRAME_STAGES:
-        if func != name:
+        # run_dataset_batch may delegate to helpers (e.g. _run_dataset_batch_once): same rules.
+        if func != name and not func.lstrip("_").startswith(name):
             continue
         if fragment is None or fragment in _statement_text(path, line):
             return stage
@@ -815,13 +809,13 @@ def pyspy_stages(raw: Path) -> dict[str, float]:
             path, _, lineno = loc.rstrip(")").rpartition(":")
             if "export_pipeline" not in path:
                 continue
-            if func.strip() == "run_dataset_batch":
+            if func.strip().lstrip("_").startswith("run_dataset_batch"):
                 in_batch = True
             if in_batch:
                 found = _frame_stage(func.strip(), path, int(lineno) if lineno.isdigit() else 0)
                 if found:
                     stage = found
-                elif func.strip() == "run_dataset_batch" and stage.startswith("outside"):
+                elif in_batch and stage.startswith("outside"):
                     stage = "batch (other)"
         totals[stage] += n
     return {
@@ -896,9 +890,23 @@ def markdown(summary: list[dict], facts: dict, args: argparse.Namespace, when: s
     for r in summary:
         note = notes[r["contender"]] if r["phase"] == "full" else ""
         if r["phase"] == "dagster_run":
+            direct = next(
+                (
+                    x
+                    for x in summary
+                    if x["contender"] == r["contender"] and x["phase"] == "microbatch"
+                ),
+                None,
+            )
             note = (
-                f"Dagster start-up + run overhead {r['dagster_overhead_s']:.2f} s over the "
-                f"batches; process wall {r['process_wall_s']:.1f} s"
+                f"the same micro-batch through `run_microbatch()`: "
+                f"{r['dagster_overhead_s']:.1f} s over the ledger's batch durations"
+                + (
+                    f", {r['seconds_min'] - direct['seconds_min']:.1f} s over the direct call"
+                    if direct
+                    else ""
+                )
+                + f"; process wall {r['process_wall_s']:.1f} s"
             )
         lines.append(
             f"| {r['contender']} | {r['phase']} | {f(r['rows'], ',')} | "
@@ -919,6 +927,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_worker":
         return worker_main(argv[1], argv[2])
+    if argv and argv[0] == "_pyspy":  # re-read a saved profile: _pyspy <results/...-pyspy.txt>
+        for stage, share in pyspy_stages(Path(argv[1])).items():
+            print(f"  {stage:<46} {share:6.1f}")
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="seed scale (1 = 1M runs)")
     parser.add_argument("--days", type=int, default=7, help="days of seeded history")
