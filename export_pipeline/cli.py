@@ -446,4 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m`, this file is `__main__`; run the package module's main so that errors
+    # raised by export_pipeline.commands (export_pipeline.cli.CliError) are the ones caught.
+    from export_pipeline.cli import main as package_main
+
+    sys.exit(package_main())

@@ -206,12 +206,26 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
 SOURCE_SPECS = [source_spec(ds) for ds in DATASETS]
 EXPORT_ASSETS = [build_export_asset(ds) for ds in DATASETS]
 
+#: What the export jobs run: the warehouse assets with their own batch checks, and the lake
+#: assets (defs/lake.py) that publish what was loaded. Not the reconciliation checks on the same
+#: assets: those belong to the daily reconcile_job.
+EXPORT_SELECTION = (
+    dg.AssetSelection.assets(*EXPORT_ASSETS).without_checks()
+    | dg.AssetSelection.checks(
+        *(
+            dg.AssetCheckKey(dg.AssetKey(ds.name), name)
+            for ds in DATASETS
+            for name in (BATCH_FITS_CONTRACT, NO_ROWS_DEAD_LETTERED, NO_DEAD_LETTERS_EXHAUSTED)
+        )
+    )
+    | dg.AssetSelection.groups("lake")
+)
+
 #: The micro-batch over all datasets. In-process: steps run one after the other in one process,
 #: so they never fight over DuckDB's single-writer file lock.
 export_microbatch_job = dg.define_asset_job(
     "export_microbatch_job",
-    # The lake assets (defs/lake.py) publish what the warehouse assets loaded, in the same run.
-    selection=dg.AssetSelection.assets(*EXPORT_ASSETS) | dg.AssetSelection.groups("lake"),
+    selection=EXPORT_SELECTION,
     executor_def=dg.in_process_executor,
     tags={MODE_TAG: "microbatch"},
     description="One micro-batch of every contract dataset: extract, validate, load. "
@@ -221,8 +235,7 @@ export_microbatch_job = dg.define_asset_job(
 #: Re-extract a partition range (UTC days) of the chosen datasets, as one run.
 export_backfill_job = dg.define_asset_job(
     "export_backfill_job",
-    # The lake assets (defs/lake.py) publish what the warehouse assets loaded, in the same run.
-    selection=dg.AssetSelection.assets(*EXPORT_ASSETS) | dg.AssetSelection.groups("lake"),
+    selection=EXPORT_SELECTION,
     executor_def=dg.in_process_executor,
     tags={MODE_TAG: "backfill"},
     description="Backfill: re-extract the run's partition range (UTC days), idempotently.",
