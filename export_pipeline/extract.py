@@ -164,12 +164,18 @@ def keys_query(ds: Dataset) -> str:
     )
 
 
-def window_query(ds: Dataset) -> str:
-    """The parameter-free window query of a dataset, built from contract identifiers only."""
+def window_query(ds: Dataset, by_org: bool = False) -> str:
+    """The parameter-free window query of a dataset, built from contract identifiers only.
+
+    ``by_org`` adds the one-organisation filter (bound by ``set_window.sql``); it is left out
+    otherwise, so the planner sees a plain cursor range it can serve from the cursor index.
+    """
+    org_filter = "AND org_id = current_setting('export_pipeline.org_id')::uuid" if by_org else ""
     return read_sql("extract", "select_window.sql").format(
         projection=_projection(ds),
         source_table=quote_table(ds.source_table),
         cursor=quote_ident(ds.column(ds.cursor).source_name),
+        org_filter=org_filter,
         scope_filter=_scope_filter(ds),
     )
 
@@ -203,7 +209,7 @@ def extract_window(
             cur.execute(keys_query(ds))
         else:
             _bind_window(cur, ds, window)
-            cur.execute(window_query(ds))
+            cur.execute(window_query(ds, by_org=window.org_id is not None))
         reader = cur.fetch_record_batch()
         for batch in reader:
             for offset in range(0, batch.num_rows, batch_size):
@@ -215,6 +221,21 @@ def count_in_scope(conn: adbc.Connection, ds: Dataset, window: Window | None = N
     window = window or Window(start=None, end=datetime.max.replace(tzinfo=UTC))
     with conn.cursor() as cur:
         _bind_window(cur, ds, window)
-        cur.execute(f"SELECT count(*) FROM ({window_query(ds)}) AS in_scope")
+        query = window_query(ds, by_org=window.org_id is not None)
+        cur.execute(f"SELECT count(*) FROM ({query}) AS in_scope")
         (count,) = cur.fetchone()
     return int(count)
+
+
+def source_max_cursor(conn: adbc.Connection, ds: Dataset) -> datetime | None:
+    """The latest finite cursor among the dataset's in-scope source rows."""
+    query = read_sql("extract", "select_max_cursor.sql").format(
+        cursor=quote_ident(ds.column(ds.cursor).source_name),
+        source_table=quote_table(ds.source_table),
+        scope_filter=_scope_filter(ds),
+    )
+    with conn.cursor() as cur:
+        _bind_window(cur, ds, Window(start=None, end=datetime.max.replace(tzinfo=UTC)))
+        cur.execute(query)
+        (latest,) = cur.fetchone()
+    return latest

@@ -168,7 +168,7 @@ def source_aggregates(
         buckets=buckets,
         group_by=group_by,
         row_hash=_pg_row_hash(ds, "q"),
-        window_query=extract.window_query(ds),
+        window_query=extract.window_query(ds, by_org=window.org_id is not None),
         cursor=quote_ident(ds.cursor),
     )
     with src.cursor() as cur:
@@ -222,7 +222,8 @@ def _bucket_keys_source(src: adbc.Connection, ds: Dataset, bucket: Bucket) -> se
     with src.cursor() as cur:
         extract._bind_window(cur, ds, bucket.window())
         cur.execute(
-            f"SELECT {keys} FROM ({extract.window_query(ds)}) AS q "
+            f"SELECT {keys} FROM ({extract.window_query(ds, by_org=bucket.org_id is not None)}) "
+            "AS q "
             f"WHERE {cursor} IS NOT NULL AND isfinite({cursor})"
         )
         return {tuple(r) for r in cur.fetchall()}
@@ -355,13 +356,7 @@ def lag_check(
     """
     cursor = quote_ident(ds.cursor)
     now = extract.source_now(src)
-    with src.cursor() as cur:
-        extract._bind_window(cur, ds, Window(None, now))
-        cur.execute(
-            f"SELECT max(q.{cursor}) FROM ({extract.window_query(ds)}) AS q "
-            f"WHERE isfinite(q.{cursor})"
-        )
-        (source_max,) = cur.fetchone()
+    source_max = extract.source_max_cursor(src, ds)
     ((warehouse_max,),) = run_sql(con, f"SELECT max({cursor}) FROM {quote_ident(ds.name)}")
     ((last_success,),) = run_sql(
         con,
