@@ -143,7 +143,8 @@ def _run_dataset_batch_once(
             window = window or microbatch_window(con, ds, settings, now)
             load.create_stage(con, ds)
             staged = 0
-            for record_batch in extract.extract_window(src, ds, window, settings.batch_size):
+            stream = extract.extract_window(src, ds, window, settings.batch_size)
+            for record_batch in extract.prefetch(stream):
                 checked = validate.validate_batch(ds, validate.to_frame(record_batch), now)
                 load.stage_rows(con, ds, checked.valid, staged)
                 load.stage_dead_letters(con, checked.dead_letters)

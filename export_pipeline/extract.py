@@ -8,6 +8,8 @@ Only the contract's columns are projected: operational extras are never selected
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -239,3 +241,54 @@ def source_max_cursor(conn: adbc.Connection, ds: Dataset) -> datetime | None:
         cur.execute(query)
         (latest,) = cur.fetchone()
     return latest
+
+
+_DONE = object()
+
+
+def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """Read ``batches`` in a background thread, at most ``depth`` ahead of the consumer.
+
+    The source streams (ADBC releases the GIL) while the caller validates and loads the
+    previous batch. Errors surface in the caller; if the caller stops early, the reader stops.
+    """
+    chunks: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        chunks.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            chunks.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            chunks.put(exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=produce, name="extract-prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = chunks.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():
+            try:
+                chunks.get(timeout=0.1)
+            except queue.Empty:
+                pass
+            reader.join(timeout=0.1)

@@ -110,7 +110,10 @@ def stage_dead_letters(con: duckdb.DuckDBPyConnection, letters: pl.DataFrame) ->
 
 
 def classify_sql(ds: Dataset, stage: str = STAGE) -> str:
-    """SQL creating ``_classified``: every row of ``stage`` with its outcome."""
+    """SQL creating ``_classified (_ord, _outcome)``: the outcome of every row of ``stage``.
+
+    Narrow on purpose: the rows stay in the stage, and writes join back to it by ``_ord``.
+    """
     pk = ", ".join(_q(c) for c in ds.primary_key)
     target = _q(ds.name)
     first_pk = _q(ds.primary_key[0])
@@ -123,7 +126,7 @@ WITH ranked AS (
     FROM {stage} s
 ),
 winners AS (SELECT * FROM ranked WHERE _rank = 1)
-SELECT {_cols(ds, "w.")}, w._ord, CASE
+SELECT w._ord, CASE
         WHEN t.{first_pk} IS NULL THEN 'insert'
         WHEN w.{v} > t.{v} THEN 'update'
         WHEN w.{v} < t.{v} THEN 'stale'
@@ -132,7 +135,7 @@ SELECT {_cols(ds, "w.")}, w._ord, CASE
     END AS _outcome
 FROM winners w LEFT JOIN {target} t ON {_match("w", "t", ds.primary_key)}
 UNION ALL
-SELECT {_cols(ds, "r.")}, r._ord, CASE
+SELECT r._ord, CASE
         WHEN r.{v} < w.{v} THEN 'stale'
         WHEN {_same_content(ds, "r", "w")} THEN 'unchanged'
         ELSE 'version_conflict'
@@ -176,7 +179,7 @@ guarded AS (
     FROM winners w
     {guard_joins}
 )
-SELECT {_cols(ds)}, _ord, CASE
+SELECT _ord, CASE
         WHEN _guard_violation THEN 'uniqueness_violation'
         WHEN NOT _in_target THEN 'insert'
         WHEN _same_as_target THEN 'unchanged'
@@ -184,7 +187,7 @@ SELECT {_cols(ds)}, _ord, CASE
     END AS _outcome
 FROM guarded
 UNION ALL
-SELECT {_cols(ds, "r.")}, r._ord, CASE
+SELECT r._ord, CASE
         WHEN {_same_content(ds, "r", "w")} THEN 'unchanged'
         ELSE 'uniqueness_violation'
     END AS _outcome
@@ -231,35 +234,50 @@ def apply_classified(
     """
     target = _q(ds.name)
     run_sql(con, classify_sql(ds, stage))
-    run_sql(
-        con,
-        f"DELETE FROM {target} USING {CLASSIFIED} c "
-        f"WHERE {_match(target, 'c', ds.primary_key)} AND c._outcome = 'update'",
-    )
-    run_sql(
-        con,
-        f"INSERT INTO {target} ({_cols(ds)}, _batch_id, _loaded_at) "
-        f"SELECT {_cols(ds)}, $batch_id, now() FROM {CLASSIFIED} "
-        "WHERE _outcome IN ('insert', 'update') ORDER BY _ord",
-        {"batch_id": batch_id},
-    )
-    key = ", ".join(f"{_q(c)} := {_q(c)}" for c in ds.primary_key)
-    row = ", ".join(f"{_q(c)} := {_q(c)}" for c in ds.column_names)
-    if not dead_letters:
-        counts = dict(run_sql(con, f"SELECT _outcome, count(*) FROM {CLASSIFIED} GROUP BY ALL"))
-        return {o: int(counts.get(o, 0)) for o in OUTCOMES}
-    run_sql(
-        con,
-        f"INSERT INTO {STAGE_DEAD_LETTERS} SELECT to_json(struct_pack({key}))::VARCHAR, "
-        f"org_id::VARCHAR, {_q(ds.cursor)}, _outcome, {_dead_letter_checks(ds)}, "
-        f"to_json(struct_pack({row}))::VARCHAR FROM {CLASSIFIED} "
-        f"WHERE _outcome IN {tuple(DEAD_LETTER_OUTCOMES)}",
-    )
-    run_sql(
-        con,
-        f"CREATE OR REPLACE TEMP TABLE _loaded_keys AS SELECT DISTINCT "
-        f"to_json(struct_pack({key}))::VARCHAR AS record_key FROM {CLASSIFIED} "
-        "WHERE _outcome IN ('insert', 'update', 'unchanged')",
-    )
     counts = dict(run_sql(con, f"SELECT _outcome, count(*) FROM {CLASSIFIED} GROUP BY ALL"))
-    return {o: int(counts.get(o, 0)) for o in OUTCOMES}
+    outcomes = {o: int(counts.get(o, 0)) for o in OUTCOMES}
+    staged = sum(outcomes.values())
+    rows = f"{stage} s JOIN {CLASSIFIED} c USING (_ord)"
+    if outcomes["update"]:
+        run_sql(
+            con,
+            f"DELETE FROM {target} USING (SELECT s.* FROM {rows} WHERE c._outcome = 'update') u "
+            f"WHERE {_match(target, 'u', ds.primary_key)}",
+        )
+    if outcomes["insert"] == staged:  # e.g. an initial load: no join needed
+        source = f"{stage} s"
+    else:
+        source = f"{rows} WHERE c._outcome IN ('insert', 'update')"
+    if outcomes["insert"] or outcomes["update"]:
+        run_sql(
+            con,
+            f"INSERT INTO {target} ({_cols(ds)}, _batch_id, _loaded_at) "
+            f"SELECT {_cols(ds, 's.')}, $batch_id, now() FROM {source}",
+            {"batch_id": batch_id},
+        )
+    if not dead_letters:
+        return outcomes
+    key = ", ".join(f"{_q(c)} := s.{_q(c)}" for c in ds.primary_key)
+    row = ", ".join(f"{_q(c)} := s.{_q(c)}" for c in ds.column_names)
+    if any(outcomes[o] for o in DEAD_LETTER_OUTCOMES):
+        run_sql(
+            con,
+            f"INSERT INTO {STAGE_DEAD_LETTERS} SELECT to_json(struct_pack({key}))::VARCHAR, "
+            f"s.org_id::VARCHAR, s.{_q(ds.cursor)}, c._outcome, {_dead_letter_checks(ds)}, "
+            f"to_json(struct_pack({row}))::VARCHAR FROM {rows} "
+            f"WHERE c._outcome IN {tuple(DEAD_LETTER_OUTCOMES)}",
+        )
+    # Keys that now load, for resolving their open dead letters; only when there are any.
+    ((pending,),) = run_sql(
+        con,
+        "SELECT count(*) FROM dx_dead_letter WHERE dataset = $d AND status <> 'resolved'",
+        {"d": ds.name},
+    )
+    loaded = (
+        f"SELECT DISTINCT to_json(struct_pack({key}))::VARCHAR AS record_key FROM {rows} "
+        "WHERE c._outcome IN ('insert', 'update', 'unchanged')"
+        if pending
+        else "SELECT NULL::VARCHAR AS record_key WHERE false"
+    )
+    run_sql(con, f"CREATE OR REPLACE TEMP TABLE _loaded_keys AS {loaded}")
+    return outcomes
