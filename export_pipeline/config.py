@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,6 +42,8 @@ class Settings:
     #: Dead-letter retries: first retry after the base delay, doubling, until max attempts.
     dead_letter_retry_base_seconds: float = 300.0
     dead_letter_max_attempts: int = 5
+    #: DuckDB's buffer pool for the pipeline's writes; beyond it, DuckDB spills to disk.
+    duckdb_memory_limit: str = "1GB"
 
     @property
     def warehouse_path(self) -> Path:
@@ -69,6 +72,7 @@ class Settings:
             dead_letter_max_attempts=int(
                 _number(env, "EXPORT_DEAD_LETTER_MAX_ATTEMPTS", 5, minimum=1, integer=True)
             ),
+            duckdb_memory_limit=_memory(env, "EXPORT_DUCKDB_MEMORY_LIMIT", "1GB"),
         )
 
 
@@ -93,6 +97,17 @@ def _number(
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum:g}")
     return value
+
+
+_MEMORY = re.compile(r"^\s*(\d+(\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+
+
+def _memory(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    match = _MEMORY.match(raw)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{name}={raw!r} is not a memory size such as 512MB or 2GB")
+    return f"{match.group(1)}{match.group(3)}"
 
 
 def _fraction(env: Mapping[str, str], name: str, default: float) -> float:

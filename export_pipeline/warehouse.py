@@ -85,7 +85,10 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] 
 
 @contextmanager
 def open_warehouse(
-    path: Path, read_only: bool = False, lock_timeout_seconds: float = 300.0
+    path: Path,
+    read_only: bool = False,
+    lock_timeout_seconds: float = 300.0,
+    memory_limit: str | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse file, with the schema in place when writable.
 
@@ -96,6 +99,12 @@ def open_warehouse(
     path.parent.mkdir(parents=True, exist_ok=True)
     con = _connect_waiting(path, read_only, lock_timeout_seconds)
     try:
+        if memory_limit is not None:
+            # A validated size (config._memory); SET takes no bind parameters.
+            spill = path.parent / ".duckdb_spill"
+            run_sql(con, f"SET memory_limit = '{memory_limit}'")
+            run_sql(con, "SET temp_directory = '" + str(spill).replace("'", "''") + "'")
+            run_sql(con, "SET preserve_insertion_order = false")
         if not read_only:
             ensure_schema(con)
         yield con

@@ -30,6 +30,8 @@ class ExportResource(dg.ConfigurableResource):
     def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
         settings = self.settings()
         with open_warehouse(
-            settings.warehouse_path, lock_timeout_seconds=settings.lock_timeout_seconds
+            settings.warehouse_path,
+            lock_timeout_seconds=settings.lock_timeout_seconds,
+            memory_limit=settings.duckdb_memory_limit,
         ) as con:
             yield con
