@@ -293,7 +293,7 @@ def worker_ours(params: dict) -> dict:
     settings = Settings.from_env()
     per_dataset = {}
     t0 = time.perf_counter()
-    with open_warehouse(settings.warehouse_path) as con:
+    with open_warehouse(settings.warehouse_path, memory_limit=settings.duckdb_memory_limit) as con:
         for ds in _datasets():
             t_ds = time.perf_counter()
             r = run_dataset_batch(ds, source_dsn=params["dsn"], con=con, settings=settings)
@@ -352,7 +352,7 @@ def worker_reconcile(params: dict) -> dict:
     day = datetime.now(UTC).date() - timedelta(days=1)
     per_dataset = {}
     t0 = time.perf_counter()
-    with open_warehouse(settings.warehouse_path) as con:
+    with open_warehouse(settings.warehouse_path, memory_limit=settings.duckdb_memory_limit) as con:
         for ds in _datasets():
             t_ds = time.perf_counter()
             checks = reconcile_dataset(

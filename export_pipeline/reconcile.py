@@ -89,30 +89,31 @@ def _key_columns(ds: Dataset) -> list[str]:
     return cols
 
 
-def _pg_row_hash(ds: Dataset, alias: str) -> str:
-    parts = []
-    for name in _key_columns(ds):
-        col = f"{alias}.{quote_ident(name)}"
-        if ds.column(name).type == "timestamptz":
-            parts.append(f"coalesce(((extract(epoch FROM {col}) * 1000000)::bigint)::text, '')")
-        else:
-            parts.append(f"coalesce({col}::text, '')")
-    return f"('x' || substr(md5(concat_ws('|', {', '.join(parts)})), 1, 15))::bit(60)::bigint"
+#: How each database spells a key column's canonical text and the 60-bit hash of a row's key
+#: text, side by side: both must produce identical values for equal data.
+_CANONICAL: dict[str, dict[str, str]] = {
+    "postgres": {
+        "timestamptz": "coalesce(((extract(epoch FROM {col}) * 1000000)::bigint)::text, '')",
+        "other": "coalesce({col}::text, '')",
+        "hash": "('x' || substr(md5(concat_ws('|', {parts})), 1, 15))::bit(60)::bigint",
+    },
+    "duckdb": {
+        "timestamptz": "coalesce(epoch_us({col})::VARCHAR, '')",
+        "other": "coalesce({col}::VARCHAR, '')",
+        "hash": "('0x' || substr(md5(concat_ws('|', {parts})), 1, 15))::BIGINT",
+    },
+}
 
 
-def _duckdb_hash(parts: list[str]) -> str:
-    return f"('0x' || substr(md5(concat_ws('|', {', '.join(parts)})), 1, 15))::BIGINT"
-
-
-def _duckdb_row_hash(ds: Dataset, alias: str) -> str:
-    parts = []
-    for name in _key_columns(ds):
-        col = f"{alias}.{quote_ident(name)}"
-        if ds.column(name).type == "timestamptz":
-            parts.append(f"coalesce(epoch_us({col})::VARCHAR, '')")
-        else:
-            parts.append(f"coalesce({col}::VARCHAR, '')")
-    return _duckdb_hash(parts)
+def _row_hash(ds: Dataset, alias: str, dialect: Literal["postgres", "duckdb"]) -> str:
+    spelling = _CANONICAL[dialect]
+    parts = [
+        spelling["timestamptz" if ds.column(name).type == "timestamptz" else "other"].format(
+            col=f"{alias}.{quote_ident(name)}"
+        )
+        for name in _key_columns(ds)
+    ]
+    return spelling["hash"].format(parts=", ".join(parts))
 
 
 def _duckdb_letter_hash(ds: Dataset) -> str:
@@ -125,7 +126,7 @@ def _duckdb_letter_hash(ds: Dataset) -> str:
             parts.append(f"coalesce(json_extract_string(d.record_key, '$.{name}'), '')")
         else:
             parts.append(f"coalesce(json_extract_string(d.row_json, '$.{name}'), '')")
-    return _duckdb_hash(parts)
+    return _CANONICAL["duckdb"]["hash"].format(parts=", ".join(parts))
 
 
 # --- aggregates per bucket -------------------------------------------------------------------
@@ -167,7 +168,7 @@ def source_aggregates(
     query = read_sql("reconcile", "source_aggregates.sql").format(
         buckets=buckets,
         group_by=group_by,
-        row_hash=_pg_row_hash(ds, "q"),
+        row_hash=_row_hash(ds, "q", "postgres"),
         window_query=extract.window_query(ds, by_org=window.org_id is not None),
         cursor=quote_ident(ds.cursor),
     )
@@ -188,7 +189,7 @@ def warehouse_aggregates(
     )
     query = read_sql("reconcile", "warehouse_aggregates.sql").format(
         row_cursor=f"t.{quote_ident(ds.cursor)}",
-        row_hash=_duckdb_row_hash(ds, "t"),
+        row_hash=_row_hash(ds, "t", "duckdb"),
         table=quote_ident(ds.name),
         letter_hash=_duckdb_letter_hash(ds),
         letter_key_in_table=letter_key,
