@@ -8,7 +8,7 @@ additive column is a change here and nowhere else.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 LogicalType = Literal["uuid", "text", "int", "bigint", "numeric", "timestamptz", "jsonb"]
@@ -414,12 +414,3 @@ def successor(
 #: Dual-publish windows: for a dataset name, the successor versions filled from the same
 #: extract while consumers migrate. Empty while v1 is the only published version.
 DUAL_PUBLISH: dict[str, tuple[Dataset, ...]] = {}
-
-
-@dataclass(frozen=True)
-class Contract:
-    version: str = CONTRACT_VERSION
-    datasets: tuple[Dataset, ...] = field(default=DATASETS)
-
-
-CONTRACT_V1 = Contract()

@@ -269,8 +269,8 @@ def repair_day(
             warehouse_aggregates(con, ds, window, "hour"),
         )
     batches: list[BatchResult] = []
-    repaired = []
-    for bucket in buckets:
+
+    def reextract(selection: Window | KeySet) -> None:
         batches.append(
             run_dataset_batch(
                 ds,
@@ -279,24 +279,21 @@ def repair_day(
                 settings=settings,
                 run_id=run_id,
                 mode="repair",
-                window=bucket.window(),
+                window=selection,
             )
         )
+
+    repaired = []
+    for bucket in buckets:
+        reextract(bucket.window())
         gone = _bucket_keys_warehouse(con, ds, bucket) - _bucket_keys_source(src, ds, bucket)
         if gone:
-            keys = tuple(
-                json.dumps(dict(zip(ds.primary_key, k, strict=True)), separators=(",", ":"))
-                for k in sorted(gone)
-            )
-            batches.append(
-                run_dataset_batch(
-                    ds,
-                    source_dsn=source_dsn,
-                    con=con,
-                    settings=settings,
-                    run_id=run_id,
-                    mode="repair",
-                    window=KeySet(keys),
+            reextract(
+                KeySet(
+                    tuple(
+                        json.dumps(dict(zip(ds.primary_key, k, strict=True)), separators=(",", ":"))
+                        for k in sorted(gone)
+                    )
                 )
             )
         repaired.append({"org_id": bucket.org_id, "hour": bucket.hour, "reread_by_key": len(gone)})
