@@ -272,6 +272,12 @@ def dataset_status(settings: Settings) -> list[dict]:
             return out
     except WarehouseBusyError as exc:
         raise CliError(str(exc)) from None
+    except Exception as exc:  # the source is down or refuses us: say so on one line
+        from export_pipeline.batch import is_transient, scrub
+
+        if not is_transient(exc):
+            raise
+        raise CliError(f"source unreachable: {scrub(str(exc), settings.source_dsn)}") from None
 
 
 def _json_default(value: object) -> str:
@@ -437,11 +443,14 @@ def _command_modules() -> list:
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     args = build_parser().parse_args(argv)
+    from export_pipeline.warehouse import WarehouseBusyError
+
     try:
         settings = Settings.from_env()
         return args.func(args, settings)
-    except (ConfigError, CliError) as exc:
-        print(f"export-pipeline: error: {exc}", file=sys.stderr)
+    except (ConfigError, CliError, WarehouseBusyError) as exc:
+        one_line = " ".join(str(exc).split())
+        print(f"export-pipeline: error: {one_line}", file=sys.stderr)
         return 2
 
 

@@ -707,3 +707,27 @@ def test_microbatch_period_within_5_to_15_minutes_is_accepted(
     """Both ends of the contract's range are valid cadences."""
     monkeypatch.setenv("EXPORT_MICROBATCH_MINUTES", str(minutes))
     assert microbatch_minutes() == minutes
+
+
+def test_status_with_the_source_down_is_one_line_without_the_password(tmp_path: Path) -> None:
+    """Monitors parse one line; a DSN password must never reach their logs."""
+    from export_pipeline.warehouse import open_warehouse
+
+    with open_warehouse(tmp_path / "warehouse.duckdb"):
+        pass
+    env = {
+        **os.environ,
+        "EXPORT_DATA_DIR": str(tmp_path),
+        "EXPORT_SOURCE_DSN": "postgresql://exporter:hunter2@127.0.0.1:1/dex",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "export_pipeline.cli", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "source unreachable" in lines[0]
+    assert "hunter2" not in done.stderr + done.stdout
