@@ -25,7 +25,7 @@ import polars as pl
 
 from export_pipeline.contract import Dataset
 from export_pipeline.extract import quote_ident
-from export_pipeline.warehouse import DUCKDB_TYPES, run_sql
+from export_pipeline.warehouse import DUCKDB_TYPES, constraint_sql, run_sql
 
 Outcome = Literal[
     "insert", "update", "unchanged", "stale", "uniqueness_violation", "version_conflict"
@@ -196,6 +196,29 @@ WHERE r._rank > 1
 """
 
 
+#: An initial load of at least this many rows into an empty table recreates the table with
+#: ``CREATE TABLE AS`` and builds its constraints afterwards (see ``warehouse.constraint_sql``).
+BULK_LOAD_MIN_ROWS = 50_000
+
+
+def _empty(con: duckdb.DuckDBPyConnection, ds: Dataset) -> bool:
+    return not run_sql(con, f"SELECT 1 FROM {_q(ds.name)} LIMIT 1")
+
+
+def _bulk_create(con: duckdb.DuckDBPyConnection, ds: Dataset, source: str, batch_id: str) -> None:
+    """Replace the empty table by one created from the rows, then add its constraints."""
+    target = _q(ds.name)
+    run_sql(con, f"DROP TABLE {target}")
+    run_sql(
+        con,
+        f"CREATE TABLE {target} AS SELECT {_cols(ds, 's.')}, "
+        f"$batch_id::VARCHAR AS _batch_id, now() AS _loaded_at FROM {source}",
+        {"batch_id": batch_id},
+    )
+    for statement in constraint_sql(ds):
+        run_sql(con, statement)
+
+
 def stage_successor(con: duckdb.DuckDBPyConnection, primary: Dataset, successor: Dataset) -> str:
     """Copy the primary dataset's stage under the successor's column names; return its name.
 
@@ -248,7 +271,9 @@ def apply_classified(
         source = f"{stage} s"
     else:
         source = f"{rows} WHERE c._outcome IN ('insert', 'update')"
-    if outcomes["insert"] or outcomes["update"]:
+    if outcomes["insert"] >= BULK_LOAD_MIN_ROWS and not outcomes["update"] and _empty(con, ds):
+        _bulk_create(con, ds, source, batch_id)
+    elif outcomes["insert"] or outcomes["update"]:
         run_sql(
             con,
             f"INSERT INTO {target} ({_cols(ds)}, _batch_id, _loaded_at) "

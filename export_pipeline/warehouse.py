@@ -50,6 +50,25 @@ def create_table_sql(ds: Dataset) -> str:
     return f"CREATE TABLE IF NOT EXISTS {quote_ident(ds.name)} (\n    {body}\n)"
 
 
+def constraint_sql(ds: Dataset) -> list[str]:
+    """Statements giving a table created without constraints (by ``CREATE TABLE AS``) the same
+    guarantees as :func:`create_table_sql`: NOT NULL columns, the primary key, and a unique
+    index per uniqueness guard. Building each index once, after the load, is much faster than
+    maintaining it row by row."""
+    table = quote_ident(ds.name)
+    required = [c.name for c in ds.columns if not c.nullable] + [m for m, _ in META_COLUMNS]
+    statements = [
+        f"ALTER TABLE {table} ALTER COLUMN {quote_ident(c)} SET NOT NULL" for c in required
+    ]
+    statements.append(f"ALTER TABLE {table} ADD PRIMARY KEY ({_ident_list(ds.primary_key)})")
+    statements += [
+        f"CREATE UNIQUE INDEX {quote_ident(f'{ds.name}_guard_{i}')} ON {table} "
+        f"({_ident_list(guard)})"
+        for i, guard in enumerate(ds.unique_guards)
+    ]
+    return statements
+
+
 def _ident_list(names: tuple[str, ...]) -> str:
     return ", ".join(quote_ident(n) for n in names)
 
