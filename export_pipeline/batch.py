@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 BatchMode = Literal["microbatch", "backfill", "repair", "retry"]
 
 
+#: The six numbers every batch accounts for (extracted = the other five summed).
+COUNT_FIELDS = ("extracted", "inserted", "updated", "unchanged", "stale", "dead_lettered")
+
+
 @dataclass(frozen=True)
 class BatchResult:
     batch_id: str
@@ -398,5 +402,4 @@ def run_backfill(
 
 def combine(results: list[BatchResult]) -> dict[str, int]:
     """Totals of several batches (e.g. a backfill's days) per outcome."""
-    fields = ("extracted", "inserted", "updated", "unchanged", "stale", "dead_lettered")
-    return {f: sum(getattr(r, f) for r in results) for f in fields}
+    return {f: sum(getattr(r, f) for r in results) for f in COUNT_FIELDS}

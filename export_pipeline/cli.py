@@ -205,7 +205,8 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 def _sum_by_dataset(rows: list[dict]) -> list[dict]:
     """One line per dataset over a backfill's per-day ledger rows."""
-    counts = ("extracted", "inserted", "updated", "unchanged", "stale", "dead_lettered")
+    from export_pipeline.batch import COUNT_FIELDS as counts
+
     out: dict[str, dict] = {}
     for r in rows:
         agg = out.setdefault(

@@ -182,7 +182,7 @@ def window_query(ds: Dataset, by_org: bool = False) -> str:
     )
 
 
-def _bind_window(cur: adbc.Cursor, ds: Dataset, window: Window) -> None:
+def bind_window(cur: adbc.Cursor, ds: Dataset, window: Window) -> None:
     out_of_scope = _SCOPE_SEPARATOR.join(v for _c, values in ds.out_of_scope for v in values)
     cur.execute(
         read_sql("extract", "set_window.sql"),
@@ -202,7 +202,7 @@ def extract_window(
     """Stream the dataset's in-scope rows in the window (or key set), ``batch_size`` at most."""
     with conn.cursor() as cur:
         if isinstance(window, KeySet):
-            _bind_window(cur, ds, Window(start=None, end=datetime.max.replace(tzinfo=UTC)))
+            bind_window(cur, ds, Window(start=None, end=datetime.max.replace(tzinfo=UTC)))
             cur.execute(
                 read_sql("extract", "set_keys.sql"),
                 parameters=("[" + ",".join(window.keys) + "]",),
@@ -210,7 +210,7 @@ def extract_window(
             cur.fetchall()
             cur.execute(keys_query(ds))
         else:
-            _bind_window(cur, ds, window)
+            bind_window(cur, ds, window)
             cur.execute(window_query(ds, by_org=window.org_id is not None))
         reader = cur.fetch_record_batch()
         for batch in reader:
@@ -222,7 +222,7 @@ def count_in_scope(conn: adbc.Connection, ds: Dataset, window: Window | None = N
     """Rows the extract would read for ``window`` (all time by default), counted in the source."""
     window = window or Window(start=None, end=datetime.max.replace(tzinfo=UTC))
     with conn.cursor() as cur:
-        _bind_window(cur, ds, window)
+        bind_window(cur, ds, window)
         query = window_query(ds, by_org=window.org_id is not None)
         cur.execute(f"SELECT count(*) FROM ({query}) AS in_scope")
         (count,) = cur.fetchone()
@@ -237,7 +237,7 @@ def source_max_cursor(conn: adbc.Connection, ds: Dataset) -> datetime | None:
         scope_filter=_scope_filter(ds),
     )
     with conn.cursor() as cur:
-        _bind_window(cur, ds, Window(start=None, end=datetime.max.replace(tzinfo=UTC)))
+        bind_window(cur, ds, Window(start=None, end=datetime.max.replace(tzinfo=UTC)))
         cur.execute(query)
         (latest,) = cur.fetchone()
     return latest

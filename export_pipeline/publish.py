@@ -225,7 +225,8 @@ def _warehouse_partitions(
     return {p: (int(n), f"{int(n)}-{int(h):x}") for p, n, h in rows}
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -300,7 +301,7 @@ def _publish_locked(
         for i, source in enumerate(sources):
             dest = target / f"part-{wanted[partition][1]}-{i}.parquet"
             os.replace(source, dest)
-            _fsync_file(dest)
+            _fsync(dest)
     unchanged = sorted(set(wanted) - set(changed))
     for partition in unchanged:
         assert current is not None
@@ -315,7 +316,7 @@ def _publish_locked(
     final = versions_dir(data_dir, ds) / version
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(version_tree, final)
-    _fsync_dir(final.parent)
+    _fsync(final.parent)
     on_step("renamed")
 
     root = lake_root(data_dir)
@@ -325,20 +326,12 @@ def _publish_locked(
     tmp_link = root / f".{ds.name}.{uuid.uuid4().hex}.tmp"
     os.symlink(final.relative_to(root), tmp_link)
     os.replace(tmp_link, link)
-    _fsync_dir(root)
+    _fsync(root)
     shutil.rmtree(staging, ignore_errors=True)
     on_step("swapped")
     return PublishResult(
         ds.name, version, True, rows, len(wanted), len(changed), len(unchanged), len(removed)
     )
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_partitions(

@@ -173,7 +173,7 @@ def source_aggregates(
         cursor=quote_ident(ds.cursor),
     )
     with src.cursor() as cur:
-        extract._bind_window(cur, ds, window)
+        extract.bind_window(cur, ds, window)
         cur.execute(query)
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
@@ -221,7 +221,7 @@ def _bucket_keys_source(src: adbc.Connection, ds: Dataset, bucket: Bucket) -> se
     keys = ", ".join(f"q.{quote_ident(c)}::text" for c in ds.primary_key)
     cursor = f"q.{quote_ident(ds.cursor)}"
     with src.cursor() as cur:
-        extract._bind_window(cur, ds, bucket.window())
+        extract.bind_window(cur, ds, bucket.window())
         cur.execute(
             f"SELECT {keys} FROM ({extract.window_query(ds, by_org=bucket.org_id is not None)}) "
             "AS q "

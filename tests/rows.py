@@ -7,6 +7,7 @@ states exactly which rows the source holds. Column names are the *source* table'
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -47,6 +48,16 @@ def new_id() -> str:
 def ago(**delta: float) -> datetime:
     """A UTC instant that long before now, e.g. ``ago(minutes=1)``."""
     return datetime.now(UTC) - timedelta(**delta)
+
+
+def decoded(value: Any) -> Any:
+    """A JSON value that may arrive as text, once or twice encoded, as Python objects."""
+    while isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def default_row(ds: Dataset) -> dict[str, Any]:

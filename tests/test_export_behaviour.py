@@ -7,7 +7,6 @@ file under ``tmp_path``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ import duckdb
 import polars as pl
 import pytest
 from conftest import Pipeline
-from rows import ORG_ID, ago, default_row, new_id
+from rows import ORG_ID, ago, decoded, default_row, new_id
 
 from export_pipeline import load, validate
 from export_pipeline.contract import (
@@ -74,16 +73,6 @@ def columns_holding(con: duckdb.DuckDBPyConnection, needle: str) -> list[str]:
         if n:
             hits.append(f"{table}.{column}")
     return hits
-
-
-def decoded(value: Any) -> Any:
-    """A JSON value that may arrive as text, once or twice encoded, as Python objects."""
-    while isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 # --- windows and idempotence -----------------------------------------------------------------

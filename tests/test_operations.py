@@ -30,7 +30,7 @@ import psycopg
 import pytest
 from conftest import Pipeline
 from psycopg import sql
-from rows import SourceRows, ago
+from rows import SourceRows, ago, decoded
 
 from export_pipeline.batch import is_transient, run_dataset_batch, scrub
 from export_pipeline.config import ConfigError, Settings
@@ -65,16 +65,6 @@ def run_key(row: dict[str, Any]) -> str:
 
 def run_id_of(letter: dict[str, Any]) -> str:
     return json.loads(letter["record_key"])["run_id"]
-
-
-def decoded(value: Any) -> Any:
-    """A JSON value that may arrive as text, once or twice encoded, as Python objects."""
-    while isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 def stored_run_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
