@@ -6,7 +6,7 @@ VENV := .venv
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: demo test ui lint format env clean bench
+.PHONY: demo test test-reliability ui lint format env clean bench
 
 # uv itself: use the one on PATH, else bootstrap it with pip into .tools (no system install).
 .tools/bin/uv:
@@ -23,7 +23,12 @@ demo: env
 	$(VENV)/bin/export-pipeline demo
 
 test: env
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -m "not reliability"
+
+# Crash, outage and model-based tests (slower); .ci/run runs them after `make test`.
+# HYPOTHESIS_PROFILE=long runs the state machine for many more examples.
+test-reliability: env
+	$(VENV)/bin/python -m pytest -q -m reliability
 
 ui: env
 	$(VENV)/bin/dagster dev -w workspace.yaml

@@ -24,6 +24,7 @@ from export_pipeline import extract, load, validate
 from export_pipeline.config import Settings, redact_dsn
 from export_pipeline.contract import DUAL_PUBLISH, Dataset
 from export_pipeline.extract import KeySet, Window
+from export_pipeline.faults import crash_point
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.validate import SchemaMismatchError
 from export_pipeline.warehouse import ensure_schema, get_watermark, run_sql
@@ -153,6 +154,8 @@ def _run_dataset_batch_once(
                 load.stage_rows(con, ds, checked.valid, staged)
                 load.stage_dead_letters(con, checked.dead_letters)
                 staged += checked.extracted
+                crash_point("extract", ds.name)
+        crash_point("validated", ds.name)
         outcomes = load.apply_classified(con, ds, batch_id)
         by_reason = dict(
             run_sql(con, f"SELECT reason, count(*) FROM {load.STAGE_DEAD_LETTERS} GROUP BY ALL")
@@ -207,7 +210,9 @@ def _run_dataset_batch_once(
                 read_sql("warehouse", "merge_watermark.sql"),
                 {"dataset": ds.name, "watermark": window.end},
             )
+        crash_point("load", ds.name)
         run_sql(con, "COMMIT")
+        crash_point("committed", ds.name)
     except BaseException as exc:
         run_sql(con, "ROLLBACK")
         _record_failure(con, ds, batch_id, run_id, mode, window, started_at, t0, exc)
@@ -395,6 +400,7 @@ def run_backfill(
             window=Window.days(day, day, org_id),
         )
         results.append(result)
+        crash_point("backfill.day", ds.name)
         if progress is not None:
             progress(i, len(days), result)
     return results

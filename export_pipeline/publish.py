@@ -39,6 +39,7 @@ import duckdb
 
 from export_pipeline.contract import Dataset
 from export_pipeline.extract import quote_ident
+from export_pipeline.faults import crash_point
 from export_pipeline.warehouse import DUCKDB_TYPES, run_sql
 
 #: Partition key meaning "the date of the cursor column, in UTC".
@@ -255,8 +256,14 @@ def publish_dataset(
     With ``rebuild`` every partition is rewritten from the warehouse. ``on_step`` is called
     after each step of :data:`STEPS` (tests use it to inject crashes).
     """
+
+    def step(name: PublishStep) -> None:
+        if on_step is not None:
+            on_step(name)
+        crash_point(f"publish.{name}", ds.name)
+
     with lake_lock(data_dir):
-        return _publish_locked(con, ds, data_dir, rebuild, on_step or (lambda _step: None))
+        return _publish_locked(con, ds, data_dir, rebuild, step)
 
 
 def _publish_locked(

@@ -34,6 +34,7 @@ from export_pipeline.batch import BatchResult, run_dataset_batch
 from export_pipeline.config import Settings
 from export_pipeline.contract import OPERATION_RUNS, RUN_STATUSES, Dataset
 from export_pipeline.extract import KeySet, Window, quote_ident
+from export_pipeline.faults import crash_point
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.warehouse import fetch_dicts, run_sql
 
@@ -296,6 +297,7 @@ def repair_day(
                     )
                 )
             )
+        crash_point("repair.bucket", ds.name)
         repaired.append({"org_id": bucket.org_id, "hour": bucket.hour, "reread_by_key": len(gone)})
     return {
         "buckets": repaired,

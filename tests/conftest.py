@@ -21,6 +21,24 @@ from export_pipeline.source import create_source_schema
 from export_pipeline.warehouse import fetch_dicts, open_warehouse
 
 
+#: Figures the reliability tests report (cases tried, crash points, seeds, state-machine steps),
+#: printed at the end of the run under "reliability figures" and quoted in the README.
+FIGURES: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="session")
+def figures() -> dict[str, Any]:
+    """Where a test records a figure worth quoting: ``figures["crash points"] = 10``."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
     """One PostgreSQL server for the whole session, with its data in a private temp dir.

@@ -1,0 +1,64 @@
+"""Crash injection for the reliability tests: ``EXPORT_CRASH_AT`` names a point to die at.
+
+The pipeline calls :func:`crash_point` at each stage boundary and inside each long stage. When the
+environment variable ``EXPORT_CRASH_AT`` names that point, the process kills itself with SIGKILL:
+no ``finally``, no rollback, no flush, exactly what an OOM killer or a pulled plug does. Unset (the
+normal case) it costs one dictionary lookup.
+
+Format: ``point[:dataset][@n]``, e.g. ``load``, ``load:company_entities``, ``extract@3`` (the third
+time the point is reached in this process). The points are listed in :data:`CRASH_POINTS`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+CRASH_ENV = "EXPORT_CRASH_AT"
+
+#: Every point the pipeline can be killed at, in the order a run reaches them.
+CRASH_POINTS = {
+    "extract": "inside extraction: a record batch has been staged, more are coming",
+    "validated": "every row is extracted, validated and staged; nothing applied yet",
+    "load": "inside the DuckDB transaction: rows and dead letters applied, not committed",
+    "committed": "the DuckDB transaction committed; the lake is not yet published",
+    "publish.copied": "inside publishing: new partition files written to staging",
+    "publish.staged": "inside publishing: the new version assembled in staging",
+    "publish.renamed": "inside publishing: the new version renamed into place, not current",
+    "publish.swapped": "publishing: the current-version link swapped, old versions not collected",
+    "backfill.day": "inside a backfill: one day committed, more days to go",
+    "repair.bucket": "inside a reconciliation repair: one bucket re-extracted, more to go",
+}
+
+_hits: Counter[str] = Counter()
+
+
+def _parse(spec: str) -> tuple[str, str | None, int]:
+    point, _, nth = spec.partition("@")
+    point, _, dataset = point.partition(":")
+    return point.strip(), (dataset.strip() or None), int(nth) if nth.strip() else 1
+
+
+def crash_point(point: str, dataset: str | None = None) -> None:
+    """Die here with SIGKILL if ``EXPORT_CRASH_AT`` names this point (and dataset, if given)."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    if point not in CRASH_POINTS:
+        raise ValueError(f"unknown crash point {point!r}")
+    want, want_dataset, nth = _parse(spec)
+    if want != point or (want_dataset is not None and want_dataset != dataset):
+        return
+    _hits[spec] += 1
+    if _hits[spec] == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def validate_spec(spec: str) -> None:
+    """Reject a misspelt ``EXPORT_CRASH_AT`` early, naming the known points."""
+    point, _, _ = _parse(spec)
+    if point not in CRASH_POINTS:
+        raise ValueError(
+            f"{CRASH_ENV}={spec!r}: unknown point {point!r}; known: {', '.join(CRASH_POINTS)}"
+        )
