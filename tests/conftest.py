@@ -20,7 +20,6 @@ from export_pipeline.contract import Dataset
 from export_pipeline.source import create_source_schema
 from export_pipeline.warehouse import fetch_dicts, open_warehouse
 
-
 #: Figures the reliability tests report (cases tried, crash points, seeds, state-machine steps),
 #: printed at the end of the run under "reliability figures" and quoted in the README.
 FIGURES: dict[str, Any] = {}
