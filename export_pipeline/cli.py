@@ -93,8 +93,11 @@ def launch(
     import dagster as dg
 
     from export_pipeline.definitions import defs
+    from export_pipeline.defs.liveness import reap_dead_runs
 
     with dg.DagsterInstance.get() as instance:
+        for dead in reap_dead_runs(instance):
+            print(f"marked run {dead} failed: its process is gone (killed or crashed)")
         job = defs.resolve_job_def(job_name)
         result = job.execute_in_process(
             instance=instance,

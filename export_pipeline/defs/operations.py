@@ -8,6 +8,7 @@ import dagster as dg
 from export_pipeline.config import ConfigError
 from export_pipeline.contract import DATASETS, Dataset
 from export_pipeline.defs.assets import export_microbatch_job
+from export_pipeline.defs.liveness import reap_dead_runs
 from export_pipeline.defs.resources import ExportResource
 from export_pipeline.reconcile import CheckName, reconcile_dataset, trailing_days
 
@@ -144,7 +145,12 @@ def microbatch_minutes() -> int:
     description="Micro-batch every EXPORT_MICROBATCH_MINUTES (default 10) minutes.",
 )
 def export_microbatch_schedule(context: dg.ScheduleEvaluationContext):
-    """Skips, saying why, while the previous micro-batch is still queued or running."""
+    """Skips, saying why, while the previous micro-batch is still queued or running.
+
+    A run whose worker process died is first marked failed (:mod:`.liveness`), so a crash never
+    blocks the schedule for good.
+    """
+    reap_dead_runs(context.instance)
     in_flight = context.instance.get_run_records(
         filters=dg.RunsFilter(
             job_name=export_microbatch_job.name,

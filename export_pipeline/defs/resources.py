@@ -9,11 +9,16 @@ import dagster as dg
 import duckdb
 
 from export_pipeline.config import Settings
+from export_pipeline.defs.liveness import tag_worker
 from export_pipeline.warehouse import open_warehouse
 
 
 class ExportResource(dg.ConfigurableResource):
     """Settings read from the environment when the run starts (never at import time)."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Tag the run with this process, so a run killed mid-way can be told from a live one."""
+        tag_worker(context.instance, context.dagster_run)
 
     def settings(self) -> Settings:
         return Settings.from_env()
