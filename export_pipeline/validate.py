@@ -263,7 +263,7 @@ def _failures(
         named = [
             (
                 int(r["index"]),
-                _check_name(r, check_names),
+                _check_name(r, check_names, schema.name),
                 _REASON_RANK.index(_reason_of(r["check"])),
             )
             for r in cases.select("index", "column", "check", "check_number").iter_rows(named=True)
@@ -275,13 +275,23 @@ def _failures(
                 orient="row",
             )
         )
-    return pl.concat(rows).with_columns(pl.col("index").cast(pl.UInt32))
+    # A value that could not be cast is null after the cast: its column's not-null check
+    # fails too, but the row only broke the cast.
+    cast_nulls = cast_failures.select(
+        "index", pl.col("check").str.replace(r":type_cast$", ":not_null")
+    )
+    return (
+        pl.concat(rows)
+        .join(cast_nulls, on=["index", "check"], how="anti")
+        .with_columns(pl.col("index").cast(pl.UInt32))
+    )
 
 
-def _check_name(case: dict, names: dict) -> str:
+def _check_name(case: dict, names: dict, frame: str | None) -> str:
     if case["check"] == "not_nullable":
         return f"{case['column']}:not_null"
-    if case["column"] is None:
+    if case["column"] is None or case["column"] == frame:
+        # A check across columns (a row rule): Pandera files it under the schema's name.
         return str(case["check"])
     return names.get((case["column"], case["check_number"]), f"{case['column']}:{case['check']}")
 
