@@ -214,10 +214,22 @@ def _run_dataset_batch_once(
         run_sql(con, "COMMIT")
         crash_point("committed", ds.name)
     except BaseException as exc:
-        run_sql(con, "ROLLBACK")
+        _rollback(con)
         _record_failure(con, ds, batch_id, run_id, mode, window, started_at, t0, exc)
         raise
     return _with_position(con, ds, result, now)
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, without masking the error that got us here.
+
+    DuckDB aborts the transaction itself after some failures (a full disk, a fatal I/O error);
+    ROLLBACK then fails with "no transaction is active", which must not replace the real cause.
+    """
+    try:
+        run_sql(con, "ROLLBACK")
+    except duckdb.Error as exc:
+        log.warning("rollback after a failed batch: %s", exc)
 
 
 #: Exceptions that mean "try again later": the source or the warehouse was briefly unavailable.
