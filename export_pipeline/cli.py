@@ -447,10 +447,12 @@ def _command_modules() -> list:
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     args = build_parser().parse_args(argv)
+    from export_pipeline.faults import check_crash_setting
     from export_pipeline.warehouse import WarehouseBusyError
 
     try:
         settings = Settings.from_env()
+        check_crash_setting()
         return args.func(args, settings)
     except (ConfigError, CliError, WarehouseBusyError) as exc:
         one_line = " ".join(str(exc).split())

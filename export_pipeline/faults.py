@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from collections.abc import Mapping
+
+from export_pipeline.config import ConfigError
 
 CRASH_ENV = "EXPORT_CRASH_AT"
 
@@ -55,10 +58,14 @@ def crash_point(point: str, dataset: str | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def validate_spec(spec: str) -> None:
-    """Reject a misspelt ``EXPORT_CRASH_AT`` early, naming the known points."""
-    point, _, _ = _parse(spec)
-    if point not in CRASH_POINTS:
-        raise ValueError(
+def check_crash_setting(env: Mapping[str, str] = os.environ) -> None:
+    """Reject a misspelt ``EXPORT_CRASH_AT`` at start-up, naming the known points."""
+    spec = env.get(CRASH_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition("@")
+    point = point.partition(":")[0].strip()
+    if point not in CRASH_POINTS or not (nth.strip() or "1").isdigit():
+        raise ConfigError(
             f"{CRASH_ENV}={spec!r}: unknown point {point!r}; known: {', '.join(CRASH_POINTS)}"
         )
