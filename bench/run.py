@@ -270,7 +270,7 @@ def _install_stage_timers() -> None:
     wrap(extract, "check_source_schema", "source schema check")
     wrap(validate, "to_frame", "to_frame (Arrow -> Polars)")
     wrap(validate, "validate_batch", "validate (total)")
-    wrap(validate, "redact_json_columns", "  redact")
+    wrap(validate, "redact_columns", "  redact")
     wrap(validate, "_cast", "  cast")
     wrap(validate, "contract_schema", "  pandera schema build")
     wrap(validate, "_failures", "  pandera validate")
@@ -719,8 +719,11 @@ _FRAME_STAGES = (
     ("check_source_schema", None, "source schema check"),
     ("source_now", None, "source schema check"),
     ("to_frame", None, "to_frame (Arrow -> Polars)"),
-    ("redact_json_columns", None, "redact"),
+    ("redact_columns", None, "redact"),
+    ("_redact_text_rows", None, "redact"),
+    ("_redact_json_rows", None, "redact"),
     ("redact_json_text", None, "redact"),
+    ("redact_text", None, "redact"),
     ("_cast", None, "cast"),
     ("_finite_timestamp", None, "cast"),
     ("contract_schema", None, "pandera schema build"),

@@ -125,7 +125,9 @@ _DECISIONS = (
     (
         "Secrets",
         "JSON keys that look like secrets (`api_key`, `token`, `secret`, `password`, ...) have "
-        'their value replaced with `"[REDACTED]"` before anything is written.',
+        'their value replaced with `"[REDACTED]"`, and secret-shaped values (provider keys, '
+        "JWTs, `Bearer` tokens, `password=...`, URL passwords, PEM keys) are cut out of every "
+        "text column and JSON string, before anything is written.",
     ),
     (
         "Dead letters",

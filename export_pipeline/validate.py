@@ -24,7 +24,7 @@ from export_pipeline.contract import (
     Dataset,
     LogicalType,
 )
-from export_pipeline.redact import redact_json_columns
+from export_pipeline.redact import redact_columns
 
 DeadLetterReason = Literal[
     "null_required_field",
@@ -134,6 +134,17 @@ def _ordered_names(ds: Dataset) -> tuple[str, ...]:
     return ds.column_names
 
 
+@cache
+def _redacted_columns(ds: Dataset) -> tuple[list[str], list[str]]:
+    """(text columns, JSON columns) of a dataset: every column that can hold a secret, redacted
+    before the split, so loaded rows and dead letters (``row_json``) alike never carry one."""
+    source = ds.source_columns
+    return (
+        [c.name for c in source if c.type == "text"],
+        [c.name for c in source if c.type == "jsonb"],
+    )
+
+
 def to_frame(batch: pa_arrow.RecordBatch | pa_arrow.Table) -> pl.DataFrame:
     """An Arrow batch from the source as a Polars frame, with extension types unwrapped."""
     table = batch if isinstance(batch, pa_arrow.Table) else pa_arrow.Table.from_batches([batch])
@@ -155,9 +166,11 @@ def validate_batch(ds: Dataset, raw: pl.DataFrame, now: datetime | None = None) 
         raise SchemaMismatchError(
             f"{ds.name}: source {ds.source_table} lacks contract column(s) {', '.join(missing)}"
         )
-    raw = redact_json_columns(
+    text, json_columns = _redacted_columns(ds)
+    raw = redact_columns(
         raw.with_columns(pl.lit(ds.version).alias("export_schema_version")),
-        [c.name for c in ds.columns if c.type == "jsonb"],
+        text=text,
+        json_columns=json_columns,
     ).select(_ordered_names(ds))
     cast, cast_failures = _cast(ds, raw)
     schema, check_names = contract_schema(ds, now)
