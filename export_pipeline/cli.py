@@ -458,6 +458,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         one_line = " ".join(str(exc).split())
         print(f"export-pipeline: error: {one_line}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # The source (or the warehouse's file) unavailable, in a command that reads it directly
+        # (`dead-letter replay`, `source init`, ...): one line, the DSN's password scrubbed.
+        from export_pipeline.batch import is_transient, scrub
+
+        if not is_transient(exc):
+            raise
+        one_line = " ".join(scrub(str(exc), os.environ.get("EXPORT_SOURCE_DSN")).split())
+        print(f"export-pipeline: error: {one_line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

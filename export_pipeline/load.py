@@ -290,7 +290,8 @@ def apply_classified(
             f"INSERT INTO {STAGE_DEAD_LETTERS} SELECT to_json(struct_pack({key}))::VARCHAR, "
             f"s.org_id::VARCHAR, s.{_q(ds.cursor)}, c._outcome, {_dead_letter_checks(ds)}, "
             f"to_json(struct_pack({row}))::VARCHAR FROM {rows} "
-            f"WHERE c._outcome IN {tuple(DEAD_LETTER_OUTCOMES)}",
+            "WHERE list_contains($outcomes, c._outcome)",
+            {"outcomes": list(DEAD_LETTER_OUTCOMES)},
         )
     # Keys that now load, for resolving their open dead letters; only when there are any.
     ((pending,),) = run_sql(
