@@ -174,7 +174,26 @@ def redact_text(text: str | None) -> str | None:
     return _VALUE_RE.sub(_replace, text)
 
 
+#: Non-integer JSON numbers are carried through redaction as marked strings holding their exact
+#: text (a float would turn 0.12345678901234567890123 into 0.12345678901234568). Real strings of a
+#: jsonb document never hold NUL, so the mark cannot collide; it is restored when re-serialising.
+_NUMBER_MARK = "\x00#"
+_MARKED_NUMBER = re.compile(r'"\\u0000#([^"]*)"')
+
+
+def _loads(text: str) -> Any:
+    """Decode JSON keeping every number exact (ints are exact in Python; others stay text)."""
+    return json.loads(text, parse_float=lambda raw: _NUMBER_MARK + raw)
+
+
+def _dumps(value: Any) -> str:
+    dumped = json.dumps(value, separators=(", ", ": "), ensure_ascii=False)
+    return _MARKED_NUMBER.sub(r"\1", dumped)
+
+
 def _walk(value: Any, redact_string: Callable[[str], str | None]) -> Any:
+    if isinstance(value, str) and value.startswith(_NUMBER_MARK):
+        return value
     if isinstance(value, dict):
         return {
             redact_string(k): (REDACTED if is_secret_key(k) else _walk(v, redact_string))
@@ -196,7 +215,15 @@ def redact_value(value: Any) -> Any:
 def _serialised(text: str, decoded: Any, redacted: Any) -> str:
     if redacted == decoded:
         return text
-    return json.dumps(redacted, separators=(", ", ": "), ensure_ascii=False)
+    return _dumps(redacted)
+
+
+def _redacted_document(text: str, decoded: Any, redact_string: Callable[[str], str | None]) -> str:
+    """``text`` with its secrets redacted; hidden whole when too deeply nested to walk."""
+    try:
+        return _serialised(text, decoded, _walk(decoded, redact_string))
+    except RecursionError:
+        return _NOT_JSON
 
 
 def redact_json_text(text: str | None) -> str | None:
@@ -204,11 +231,12 @@ def redact_json_text(text: str | None) -> str | None:
     if text is None:
         return None
     try:
-        decoded = json.loads(text)
-    except ValueError:
-        # Not JSON: nothing key-shaped to keep, and it may hold a secret; hide it whole.
+        decoded = _loads(text)
+    except (ValueError, RecursionError):
+        # Not JSON (or nested deeper than Python can decode, which PostgreSQL allows): nothing
+        # we can inspect, and it may hold a secret; hide it whole.
         return _NOT_JSON
-    return _serialised(text, decoded, redact_value(decoded))
+    return _redacted_document(text, decoded, redact_text)
 
 
 _NOT_JSON = json.dumps(REDACTED)
@@ -260,11 +288,11 @@ def _redact_json_rows(text: pl.Series, positions: pl.Series) -> pl.Series:
     strings: set[str] = set()
     for item in raw:
         try:
-            value = json.loads(item)
-        except ValueError:
+            value = _loads(item)
+            _strings(value, strings)
+        except (ValueError, RecursionError):  # see redact_json_text
             value = _NOT_JSON_MARK
         decoded.append(value)
-        _strings(value, strings)
     unique = pl.Series(list(strings), dtype=pl.String)
     flagged = set(
         unique.filter(
@@ -277,9 +305,7 @@ def _redact_json_rows(text: pl.Series, positions: pl.Series) -> pl.Series:
         return redact_text(s) if s in flagged else s
 
     redacted = [
-        _NOT_JSON
-        if value is _NOT_JSON_MARK
-        else _serialised(item, value, _walk(value, redact_string))
+        _NOT_JSON if value is _NOT_JSON_MARK else _redacted_document(item, value, redact_string)
         for item, value in zip(raw, decoded, strict=True)
     ]
     return text.scatter(positions, pl.Series(text.name, redacted, pl.String))
