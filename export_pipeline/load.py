@@ -219,6 +219,31 @@ def _bulk_create(con: duckdb.DuckDBPyConnection, ds: Dataset, source: str, batch
         run_sql(con, statement)
 
 
+class DuplicateKeyError(AssertionError):
+    """A key or uniqueness guard held twice in a table: a load-stage bug; the batch rolls back."""
+
+
+def check_keys_unique(con: duckdb.DuckDBPyConnection, ds: Dataset, stage: str = STAGE) -> None:
+    """Fail the batch if any key or guard of the staged rows is now held twice in the table.
+
+    The tables carry no unique indexes (see ``warehouse.create_table_sql``); classification
+    already gives each key one outcome, and this re-checks only the keys the batch touched.
+    """
+    target = _q(ds.name)
+    for columns in (ds.primary_key, *ds.unique_guards):
+        cols = ", ".join(_q(c) for c in columns)
+        duplicated = run_sql(
+            con,
+            f"SELECT {cols} FROM {target} t SEMI JOIN (SELECT DISTINCT {cols} FROM {stage}) s "
+            f"ON {_match('t', 's', columns)} GROUP BY ALL HAVING count(*) > 1 LIMIT 1",
+        )
+        if duplicated:
+            raise DuplicateKeyError(
+                f"{ds.name}: ({', '.join(columns)}) = {duplicated[0]} is held by more than one "
+                "row; the batch is rolled back"
+            )
+
+
 def stage_successor(con: duckdb.DuckDBPyConnection, primary: Dataset, successor: Dataset) -> str:
     """Copy the primary dataset's stage under the successor's column names; return its name.
 
@@ -280,6 +305,8 @@ def apply_classified(
             f"SELECT {_cols(ds, 's.')}, $batch_id, now() FROM {source}",
             {"batch_id": batch_id},
         )
+    if outcomes["insert"] or outcomes["update"]:
+        check_keys_unique(con, ds, stage)
     if not dead_letters:
         return outcomes
     key = ", ".join(f"{_q(c)} := s.{_q(c)}" for c in ds.primary_key)

@@ -38,33 +38,30 @@ META_COLUMNS = (("_batch_id", "VARCHAR"), ("_loaded_at", "TIMESTAMPTZ"))
 
 
 def create_table_sql(ds: Dataset) -> str:
-    """DuckDB DDL of a contract table: its columns, primary key and uniqueness guards."""
+    """DuckDB DDL of a contract table: its columns, with NOT NULL where the contract requires.
+
+    No PRIMARY KEY or UNIQUE constraint: DuckDB keeps their ART indexes in memory, outside what
+    its buffer manager can evict, so they grow with the table (5M events with their key and
+    guard exceed a 1 GB memory limit) and slow every insert (~4x measured). The load stage
+    enforces keys and guards instead: classification gives each key one outcome, and
+    :func:`export_pipeline.load.check_keys_unique` re-checks the touched keys before commit.
+    Tables created by an earlier release keep their constraints; both kinds work."""
     lines = [
         f"{quote_ident(c.name)} {DUCKDB_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}"
         for c in ds.columns
     ]
     lines += [f"{name} {sql_type} NOT NULL" for name, sql_type in META_COLUMNS]
-    lines.append(f"PRIMARY KEY ({_ident_list(ds.primary_key)})")
-    lines += [f"UNIQUE ({_ident_list(guard)})" for guard in ds.unique_guards]
     body = ",\n    ".join(lines)
     return f"CREATE TABLE IF NOT EXISTS {quote_ident(ds.name)} (\n    {body}\n)"
 
 
 def constraint_sql(ds: Dataset) -> list[str]:
-    """Statements giving a table created without constraints (by ``CREATE TABLE AS``) the same
-    guarantees as :func:`create_table_sql`: NOT NULL columns, the primary key, and a unique
-    index per uniqueness guard. Building each index once, after the load, is much faster than
-    maintaining it row by row."""
+    """Statements giving a table created by ``CREATE TABLE AS`` the constraints of
+    :func:`create_table_sql`: its NOT NULL columns."""
     table = quote_ident(ds.name)
     required = [c.name for c in ds.columns if not c.nullable] + [m for m, _ in META_COLUMNS]
     statements = [
         f"ALTER TABLE {table} ALTER COLUMN {quote_ident(c)} SET NOT NULL" for c in required
-    ]
-    statements.append(f"ALTER TABLE {table} ADD PRIMARY KEY ({_ident_list(ds.primary_key)})")
-    statements += [
-        f"CREATE UNIQUE INDEX {quote_ident(f'{ds.name}_guard_{i}')} ON {table} "
-        f"({_ident_list(guard)})"
-        for i, guard in enumerate(ds.unique_guards)
     ]
     return statements
 

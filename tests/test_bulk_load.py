@@ -1,4 +1,4 @@
-"""The initial-load fast path: a table created by CREATE TABLE AS keeps every guarantee."""
+"""The initial-load fast path keeps every guarantee; keys are guarded without unique indexes."""
 
 from __future__ import annotations
 
@@ -38,17 +38,17 @@ def _constraints(con: duckdb.DuckDBPyConnection, table: str) -> set[tuple[str, t
     return found
 
 
-def test_bulk_created_table_enforces_key_guard_and_not_null(pipe: Pipeline, bulk: None):
-    """A faster first load must not weaken the warehouse: duplicates and nulls still fail."""
-    run = new_id()
-    for seq in (0, 1):
-        pipe.src.insert(OPERATION_EVENTS, run_id=run, event_sequence=seq)
-    result = pipe.export(OPERATION_EVENTS)
-    assert result.inserted == 2
-    found = _constraints(pipe.con, OPERATION_EVENTS.name)
-    assert ("PRIMARY KEY", ("event_id",)) in found
-    assert ("UNIQUE", ("run_id", "event_sequence")) in found
-    assert ("NOT NULL", ("org_id",)) in found
+def _raw_insert(pipe: Pipeline, row: dict) -> None:
+    """Write a row straight into the events table, bypassing the load stage."""
+    columns = list(row)
+    pipe.con.execute(
+        f"INSERT INTO {OPERATION_EVENTS.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join('?' for _ in columns)})",
+        list(row.values()),
+    ).fetchall()
+
+
+def _stored_event(pipe: Pipeline) -> dict:
     (existing,) = run_sql(pipe.con, f"SELECT * FROM {OPERATION_EVENTS.name} LIMIT 1")
     columns = [
         c
@@ -56,18 +56,42 @@ def test_bulk_created_table_enforces_key_guard_and_not_null(pipe: Pipeline, bulk
             pipe.con, f"SELECT name FROM pragma_table_info('{OPERATION_EVENTS.name}')"
         )
     ]
-    row = dict(zip(columns, existing, strict=True))
-    insert = (
-        f"INSERT INTO {OPERATION_EVENTS.name} ({', '.join(columns)}) "
-        f"VALUES ({', '.join('?' for _ in columns)})"
-    )
-    with pytest.raises(duckdb.ConstraintException):  # same primary key
-        pipe.con.execute(insert, list(row.values())).fetchall()
-    with pytest.raises(duckdb.ConstraintException):  # same (run_id, event_sequence)
-        pipe.con.execute(insert, list({**row, "event_id": new_id()}.values())).fetchall()
+    return dict(zip(columns, existing, strict=True))
+
+
+def test_bulk_created_table_keeps_not_null_and_carries_no_unique_index(pipe: Pipeline, bulk: None):
+    """A faster first load keeps the NOT NULLs; keys are the load stage's job, not an index's."""
+    run = new_id()
+    for seq in (0, 1):
+        pipe.src.insert(OPERATION_EVENTS, run_id=run, event_sequence=seq)
+    result = pipe.export(OPERATION_EVENTS)
+    assert result.inserted == 2
+    found = _constraints(pipe.con, OPERATION_EVENTS.name)
+    assert ("NOT NULL", ("org_id",)) in found
+    assert not {kind for kind, _ in found} & {"PRIMARY KEY", "UNIQUE"}
+    row = _stored_event(pipe)
     with pytest.raises(duckdb.ConstraintException):  # a required column null
-        values = {**row, "event_id": new_id(), "event_sequence": 7, "org_id": None}
-        pipe.con.execute(insert, list(values.values())).fetchall()
+        _raw_insert(pipe, {**row, "event_id": new_id(), "event_sequence": 7, "org_id": None})
+
+
+@pytest.mark.parametrize("collides_on", ["primary key", "uniqueness guard"])
+def test_a_key_held_twice_fails_the_batch_that_touches_it_and_rolls_it_back(
+    pipe: Pipeline, collides_on: str
+) -> None:
+    """Without unique indexes, a second line of defence: a duplicate never commits silently."""
+    run = new_id()
+    first = pipe.src.insert(OPERATION_EVENTS, run_id=run, event_sequence=0)
+    pipe.export(OPERATION_EVENTS)
+    row = _stored_event(pipe)
+    twin = row if collides_on == "primary key" else {**row, "event_id": new_id()}
+    _raw_insert(pipe, twin)  # what a load-stage bug would leave behind
+    before = pipe.rows(OPERATION_EVENTS)
+    pipe.src.update(OPERATION_EVENTS, {"event_id": first["event_id"]}, http_status=201)
+    # Caught by the accounting identity (a duplicated key classifies its row twice) or by
+    # load.check_keys_unique (a duplicated guard); either way the batch never commits.
+    with pytest.raises(AssertionError, match="accounting identity|more than one row"):
+        pipe.export(OPERATION_EVENTS)
+    assert pipe.rows(OPERATION_EVENTS) == before
 
 
 def test_bulk_path_matches_the_row_by_row_path(pipe: Pipeline, bulk: None, tmp_path):
@@ -97,3 +121,19 @@ def test_next_batches_after_a_bulk_load_update_and_append_normally(pipe: Pipelin
     assert (again.inserted, again.updated) == (1, 1)
     counts = run_sql(pipe.con, f"SELECT count(*), max(attempt_count) FROM {OPERATION_RUNS.name}")
     assert counts == [(2, 2)]
+
+
+@pytest.mark.parametrize("collides_on", ["primary key", "uniqueness guard"])
+def test_key_check_names_the_key_held_twice(pipe: Pipeline, collides_on: str) -> None:
+    """The pre-commit key check itself: it must see a duplicate among the keys a batch touched."""
+    pipe.src.insert(OPERATION_EVENTS)
+    pipe.export(OPERATION_EVENTS)
+    row = _stored_event(pipe)
+    load.create_stage(pipe.con, OPERATION_EVENTS)
+    columns = ", ".join(OPERATION_EVENTS.column_names)
+    run_sql(pipe.con, f"INSERT INTO {load.STAGE} SELECT {columns}, 0 FROM {OPERATION_EVENTS.name}")
+    load.check_keys_unique(pipe.con, OPERATION_EVENTS)  # one row per key: passes
+    _raw_insert(pipe, row if collides_on == "primary key" else {**row, "event_id": new_id()})
+    expected = "event_id" if collides_on == "primary key" else "run_id, event_sequence"
+    with pytest.raises(load.DuplicateKeyError, match=f"\\({expected}\\)"):
+        load.check_keys_unique(pipe.con, OPERATION_EVENTS)
