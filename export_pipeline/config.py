@@ -43,7 +43,7 @@ class Settings:
     dead_letter_retry_base_seconds: float = 300.0
     dead_letter_max_attempts: int = 5
     #: DuckDB's buffer pool for the pipeline's writes; beyond it, DuckDB spills to disk.
-    duckdb_memory_limit: str = "1GB"
+    duckdb_memory_limit: str = "600MB"
 
     @property
     def warehouse_path(self) -> Path:
@@ -72,7 +72,7 @@ class Settings:
             dead_letter_max_attempts=int(
                 _number(env, "EXPORT_DEAD_LETTER_MAX_ATTEMPTS", 5, minimum=1, integer=True)
             ),
-            duckdb_memory_limit=_memory(env, "EXPORT_DUCKDB_MEMORY_LIMIT", "1GB"),
+            duckdb_memory_limit=_memory(env, "EXPORT_DUCKDB_MEMORY_LIMIT", "600MB"),
         )
 
 
