@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +66,8 @@ class PublishResult:
     partitions_written: int
     partitions_linked: int
     partitions_removed: int
+    #: The partitions written (the others are hard links of the previous version's files).
+    written: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,15 @@ class LakeCheck:
     lake_rows: int
     warehouse_checksum: int
     lake_checksum: int
+    #: Partitions whose row count differs between warehouse and lake (quick check only).
+    partitions_differing: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
         return (
-            self.warehouse_rows == self.lake_rows and self.warehouse_checksum == self.lake_checksum
+            self.warehouse_rows == self.lake_rows
+            and self.warehouse_checksum == self.lake_checksum
+            and not self.partitions_differing
         )
 
 
@@ -168,27 +174,33 @@ def row_hash_sql(ds: Dataset) -> str:
     return f"hash({', '.join(quote_ident(c) for c in ds.column_names)})"
 
 
-def lake_select_sql(ds: Dataset, version_dir: Path | None) -> str:
+def lake_select_sql(
+    ds: Dataset, version_dir: Path | None, partitions: Collection[str] | None = None
+) -> str:
     """A query over one published version of a dataset, with the contract's column types.
 
     Partition keys come back from the directory names with their contract types; an empty
     version (or none yet) gives a typed empty result.
     """
     columns = ", ".join(quote_ident(c) for c in ds.column_names)
-    if version_dir is None or not any(version_dir.rglob("*.parquet")):
+    if partitions is not None and version_dir is not None:
+        files = [str(f) for p in sorted(partitions) for f in (version_dir / p).glob("*.parquet")]
+    else:
+        files = [] if version_dir is None else [str(f) for f in version_dir.rglob("*.parquet")]
+    if not files:
         typed = ", ".join(
             f"CAST(NULL AS {DUCKDB_TYPES[c.type]}) AS {quote_ident(c.name)}" for c in ds.columns
         )
         return f"SELECT {typed} LIMIT 0"
-    path = str(version_dir).replace("'", "''")
+    listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in sorted(files)) + "]"
     if not ds.partition_by:
-        return f"SELECT {columns} FROM read_parquet('{path}/*.parquet', union_by_name = true)"
+        return f"SELECT {columns} FROM read_parquet({listed}, union_by_name = true)"
     hive_types = ", ".join(
         f"'{key}': {'DATE' if key == DATE_KEY else DUCKDB_TYPES[ds.column(key).type]}"
         for key in ds.partition_by
     )
     return (
-        f"SELECT {columns} FROM read_parquet('{path}/**/*.parquet', hive_partitioning = true, "
+        f"SELECT {columns} FROM read_parquet({listed}, hive_partitioning = true, "
         f"hive_types = {{{hive_types}}}, union_by_name = true)"
     )
 
@@ -216,14 +228,35 @@ def _published_partitions(version_dir: Path | None) -> dict[str, str | None]:
 
 
 def _warehouse_partitions(
-    con: duckdb.DuckDBPyConnection, ds: Dataset
+    con: duckdb.DuckDBPyConnection, ds: Dataset, only: set[str] | None = None
 ) -> dict[str, tuple[int, str]]:
+    """Partition -> (rows, fingerprint) of the warehouse table; ``only`` those partitions."""
+    where = ""
+    if only is not None:
+        run_sql(con, "CREATE OR REPLACE TEMP TABLE _lake_only (partition VARCHAR)")
+        if only:
+            con.executemany("INSERT INTO _lake_only VALUES (?)", [[p] for p in sorted(only)])
+        where = "WHERE partition IN (SELECT partition FROM _lake_only)"
     rows = run_sql(
         con,
-        f"SELECT {partition_sql(ds)} AS partition, count(*), sum({row_hash_sql(ds)}) "
-        f"FROM {quote_ident(ds.name)} GROUP BY ALL",
+        f"SELECT partition, count(*), sum(_hash) FROM (SELECT {partition_sql(ds)} AS partition, "
+        f"{row_hash_sql(ds)} AS _hash FROM {quote_ident(ds.name)}) {where} GROUP BY ALL",
     )
     return {p: (int(n), f"{int(n)}-{int(h):x}") for p, n, h in rows}
+
+
+def dirty_partitions(con: duckdb.DuckDBPyConnection, ds: Dataset) -> set[str]:
+    """Partitions whose rows changed since the last publish (``'*'``: unknown, all of them)."""
+    return {
+        p
+        for (p,) in run_sql(
+            con, "SELECT partition FROM _lake_dirty WHERE dataset = $d", {"d": ds.name}
+        )
+    }
+
+
+def _clear_dirty(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
+    run_sql(con, "DELETE FROM _lake_dirty WHERE dataset = $d", {"d": ds.name})
 
 
 def _fsync(path: Path) -> None:
@@ -275,19 +308,35 @@ def _publish_locked(
 ) -> PublishResult:
     _clean_staging(data_dir, ds)
     current = current_version_dir(data_dir, ds)
-    published = {} if rebuild else _published_partitions(current)
+    on_disk = _published_partitions(current)
+    published = {} if rebuild else on_disk
     run_sql(con, "BEGIN TRANSACTION")
     try:
-        wanted = _warehouse_partitions(con, ds)
+        # Only partitions the loads marked dirty (or whose files disagree) are fingerprinted
+        # again; the others are the published ones, unchanged since (their files are immutable).
+        dirty = dirty_partitions(con, ds) | {p for p, fp in published.items() if fp is None}
+        if rebuild or current is None or "*" in dirty:
+            wanted = _warehouse_partitions(con, ds)
+        else:
+            wanted = {
+                p: (int(fp.split("-")[0]), fp)
+                for p, fp in published.items()
+                if p not in dirty and fp is not None
+            }
+            wanted |= _warehouse_partitions(con, ds, only=dirty) if dirty else {}
         changed = sorted(p for p, (_, fp) in wanted.items() if published.get(p) != fp)
-        removed = sorted(set(_published_partitions(current)) - set(wanted))
+        removed = sorted(set(on_disk) - set(wanted))
         rows = sum(n for n, _ in wanted.values())
         if current is not None and not changed and not removed and not rebuild:
+            _clear_dirty(con, ds)
             run_sql(con, "COMMIT")
-            return PublishResult(ds.name, current.name, False, rows, len(wanted), 0, len(wanted), 0)
+            return PublishResult(
+                ds.name, current.name, False, rows, len(wanted), 0, len(wanted), 0, ()
+            )
         if current is None and not wanted and not rebuild:
+            _clear_dirty(con, ds)
             run_sql(con, "COMMIT")
-            return PublishResult(ds.name, None, False, 0, 0, 0, 0, 0)
+            return PublishResult(ds.name, None, False, 0, 0, 0, 0, 0, ())
         staging = staging_root(data_dir) / f"{ds.name}-{uuid.uuid4().hex}"
         copy_dir, version_tree = staging / "copy", staging / "version"
         version_tree.mkdir(parents=True)
@@ -336,8 +385,18 @@ def _publish_locked(
     _fsync(root)
     shutil.rmtree(staging, ignore_errors=True)
     on_step("swapped")
+    # After the swap: a crash before this line only makes the next publish re-check them.
+    _clear_dirty(con, ds)
     return PublishResult(
-        ds.name, version, True, rows, len(wanted), len(changed), len(unchanged), len(removed)
+        ds.name,
+        version,
+        True,
+        rows,
+        len(wanted),
+        len(changed),
+        len(unchanged),
+        len(removed),
+        tuple(changed),
     )
 
 
@@ -405,13 +464,58 @@ def collect_garbage(
 # --- check ----------------------------------------------------------------------------------
 
 
-def check_lake(con: duckdb.DuckDBPyConnection, ds: Dataset, data_dir: Path) -> LakeCheck:
-    """Count and checksum of the warehouse table against the published version."""
-    ((w_rows, w_sum),) = run_sql(
-        con, f"SELECT count(*), coalesce(sum({row_hash_sql(ds)}), 0) FROM {quote_ident(ds.name)}"
+def check_lake(
+    con: duckdb.DuckDBPyConnection,
+    ds: Dataset,
+    data_dir: Path,
+    written: Collection[str] | None = None,
+) -> LakeCheck:
+    """Count and checksum of the warehouse table against the published version.
+
+    With ``written`` (the partitions the last publish rewrote) the check is quick: row counts of
+    every partition (the lake's from its file names), and the content checksum of the rewritten
+    partitions only; the other partitions are hard links of files checked when written. Without
+    it, every row of both sides is read and hashed.
+    """
+    if written is None:
+        ((w_rows, w_sum),) = run_sql(
+            con,
+            f"SELECT count(*), coalesce(sum({row_hash_sql(ds)}), 0) FROM {quote_ident(ds.name)}",
+        )
+        lake = lake_select_sql(ds, current_version_dir(data_dir, ds))
+        ((l_rows, l_sum),) = run_sql(
+            con, f"SELECT count(*), coalesce(sum({row_hash_sql(ds)}), 0) FROM ({lake})"
+        )
+        return LakeCheck(ds.name, int(w_rows), int(l_rows), int(w_sum), int(l_sum))
+    current = current_version_dir(data_dir, ds)
+    lake_counts = {
+        p: (int(fp.split("-")[0]) if fp else -1) for p, fp in _published_partitions(current).items()
+    }
+    warehouse_counts = {
+        p: int(n)
+        for p, n in run_sql(
+            con,
+            f"SELECT {partition_sql(ds)}, count(*) FROM {quote_ident(ds.name)} GROUP BY ALL",
+        )
+    }
+    differing = tuple(
+        sorted(
+            p
+            for p in set(lake_counts) | set(warehouse_counts)
+            if lake_counts.get(p) != warehouse_counts.get(p)
+        )
     )
-    lake = lake_select_sql(ds, current_version_dir(data_dir, ds))
-    ((l_rows, l_sum),) = run_sql(
-        con, f"SELECT count(*), coalesce(sum({row_hash_sql(ds)}), 0) FROM ({lake})"
+    w_sum = sum(
+        int(fp.split("-")[1], 16)
+        for _, fp in _warehouse_partitions(con, ds, only=set(written)).values()
     )
-    return LakeCheck(ds.name, int(w_rows), int(l_rows), int(w_sum), int(l_sum))
+    lake = lake_select_sql(ds, current, partitions=written)
+    ((l_sum,),) = run_sql(con, f"SELECT coalesce(sum({row_hash_sql(ds)}), 0) FROM ({lake})")
+    return LakeCheck(
+        ds.name,
+        sum(warehouse_counts.values()),
+        sum(lake_counts.values()),
+        w_sum,
+        int(l_sum),
+        differing,
+    )

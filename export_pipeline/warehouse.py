@@ -77,9 +77,18 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] 
     column since the table was created) is added, nullable, so existing rows read null. Nothing
     is ever dropped or retyped here; the contract's governance test forbids such changes.
     """
+    had_dirty_table = bool(
+        run_sql(
+            con,
+            "SELECT 1 FROM duckdb_tables() WHERE table_name = '_lake_dirty' "
+            "AND schema_name = current_schema() AND database_name = current_database()",
+        )
+    )
     run_sql(con, read_sql("warehouse", "create_meta_tables.sql"))
     for ds in datasets:
         run_sql(con, create_table_sql(ds))
+        if not had_dirty_table:  # changes since the last publish are unknown: recompute all
+            mark_all_dirty(con, ds)
         present = {
             name
             for (name,) in run_sql(
@@ -97,6 +106,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] 
                     f"ALTER TABLE {quote_ident(ds.name)} "
                     f"ADD COLUMN {quote_ident(c.name)} {DUCKDB_TYPES[c.type]}",
                 )
+                mark_all_dirty(con, ds)  # every row's fingerprint now covers the new column
+
+
+def mark_all_dirty(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
+    """Make the next publish of ``ds`` recompute every partition's fingerprint."""
+    run_sql(
+        con,
+        "INSERT OR IGNORE INTO _lake_dirty VALUES ($dataset, '*')",
+        {"dataset": ds.name},
+    )
 
 
 @contextmanager

@@ -281,3 +281,76 @@ def test_lake_assets_follow_their_warehouse_assets_with_a_blocking_lake_check():
         assert node.parent_keys == {dg.AssetKey(ds.name)}
         assert dg.AssetCheckKey(lake_key(ds), LAKE_MATCHES_WAREHOUSE) in graph.asset_check_keys
     assert defs.resolve_job_def("lake_publish_job").executor_def.name == "in_process"
+
+
+def test_publish_fingerprints_only_the_partitions_loads_marked_and_follows_a_moved_row(
+    rows, source_dsn, tmp_path
+):
+    """Re-hashing the whole warehouse each micro-batch grows with the table; only what a load
+    touched is recomputed, including the partition an updated row left."""
+    settings = _settings(tmp_path)
+    moving = rows.insert(OPERATION_RUNS, created_at=ago(days=2))
+    rows.insert(OPERATION_RUNS, created_at=ago(days=2))
+    rows.insert(OPERATION_RUNS, created_at=ago(minutes=5))
+    _export(source_dsn, settings, (OPERATION_RUNS,))
+    _publish(settings, (OPERATION_RUNS,))
+    with open_warehouse(settings.warehouse_path) as con:
+        assert publish.dirty_partitions(con, OPERATION_RUNS) == set()
+    # The source moves one row to today: its old day and today are dirty, nothing else.
+    rows.update(OPERATION_RUNS, {"run_id": moving["run_id"]}, created_at=ago(minutes=1))
+    with open_warehouse(settings.warehouse_path) as con:
+        run_dataset_batch(
+            OPERATION_RUNS,
+            source_dsn=source_dsn,
+            con=con,
+            settings=settings,
+            mode="backfill",
+            window=_whole_history(),
+        )
+        dirty = publish.dirty_partitions(con, OPERATION_RUNS)
+        days = {p.split("/")[0] for p in dirty}
+        assert days == {f"_date={ago(days=2).date()}", f"_date={ago(minutes=1).date()}"}
+        result = publish.publish_dataset(con, OPERATION_RUNS, settings.data_dir)
+        assert set(result.written) <= dirty and result.written
+        assert publish.dirty_partitions(con, OPERATION_RUNS) == set()
+        assert publish.check_lake(con, OPERATION_RUNS, settings.data_dir).passed  # full check
+        quick = publish.check_lake(con, OPERATION_RUNS, settings.data_dir, written=result.written)
+        assert quick.passed and quick.lake_rows == 3
+
+
+def test_quick_lake_check_catches_a_missing_file_and_a_rewritten_partition_that_differs(
+    rows, source_dsn, tmp_path
+):
+    """The quick check the micro-batch runs must still fail on a lake that lost or mangled rows."""
+    settings = _settings(tmp_path)
+    for days in (1, 2):
+        rows.insert(OPERATION_RUNS, created_at=ago(days=days))
+    _export(source_dsn, settings, (OPERATION_RUNS,))
+    (result,) = _publish(settings, (OPERATION_RUNS,))
+    current = publish.current_version_dir(settings.data_dir, OPERATION_RUNS)
+    first, second = sorted(result.written)
+    with open_warehouse(settings.warehouse_path) as con:
+        assert publish.check_lake(con, OPERATION_RUNS, settings.data_dir, written=()).passed
+        # A rewritten partition whose file holds other content fails the checksum.
+        (victim,) = list((current / first).glob("*.parquet"))
+        data = duckdb.connect()
+        run_sql(
+            data,
+            f"COPY (SELECT * REPLACE (attempt_count + 1 AS attempt_count) FROM "
+            f"read_parquet('{victim}')) TO '{victim}.tmp' (FORMAT parquet)",
+        )
+        data.close()
+        os.replace(f"{victim}.tmp", victim)
+        mangled = publish.check_lake(con, OPERATION_RUNS, settings.data_dir, written=[first])
+        assert not mangled.passed and mangled.warehouse_checksum != mangled.lake_checksum
+        # A partition whose file is gone fails the per-partition row counts.
+        for f in (current / second).glob("*.parquet"):
+            f.unlink()
+        lost = publish.check_lake(con, OPERATION_RUNS, settings.data_dir, written=())
+        assert not lost.passed and second in lost.partitions_differing
+
+
+def _whole_history():
+    from export_pipeline.extract import Window
+
+    return Window(start=None, end=ago(seconds=0))

@@ -46,7 +46,7 @@ def build_lake_asset(ds: Dataset) -> dg.AssetsDefinition:
         data_dir = export.settings().data_dir
         with export.warehouse() as con:
             result = publish.publish_dataset(con, ds, data_dir)
-            check = publish.check_lake(con, ds, data_dir)
+            check = publish.check_lake(con, ds, data_dir, written=result.written)
         catalog = analytics.refresh_catalog(data_dir)
         context.log.info(
             f"lake/{ds.name}: {result.partitions_written} partitions written, "

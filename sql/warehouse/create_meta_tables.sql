@@ -50,3 +50,11 @@ CREATE TABLE IF NOT EXISTS _export_watermarks (
     watermark  TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL
 );
+
+-- Lake partitions (publish.partition_sql) whose warehouse rows changed since the last publish;
+-- '*' means "recompute every partition" (a new table, a new column, an older warehouse).
+CREATE TABLE IF NOT EXISTS _lake_dirty (
+    dataset   VARCHAR NOT NULL,
+    partition VARCHAR NOT NULL,
+    PRIMARY KEY (dataset, partition)
+);
