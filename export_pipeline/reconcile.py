@@ -181,19 +181,23 @@ def source_aggregates(
     return {_bucket_of(r, level): (int(r["row_count"]), int(r["checksum"])) for r in rows}
 
 
-def warehouse_aggregates(
-    con: duckdb.DuckDBPyConnection, ds: Dataset, window: Window, level: Level
-) -> dict[Bucket, tuple[int, int]]:
-    letter_key = " AND ".join(
+def _letter_key_in_table(ds: Dataset) -> str:
+    """SQL: the table ``t`` holds the key of dead letter ``d``."""
+    return " AND ".join(
         f"t.{quote_ident(c)}::VARCHAR = json_extract_string(d.record_key, '$.{c}')"
         for c in ds.primary_key
     )
+
+
+def warehouse_aggregates(
+    con: duckdb.DuckDBPyConnection, ds: Dataset, window: Window, level: Level
+) -> dict[Bucket, tuple[int, int]]:
     query = read_sql("reconcile", "warehouse_aggregates.sql").format(
         row_cursor=f"t.{quote_ident(ds.cursor)}",
         row_hash=_row_hash(ds, "t", "duckdb"),
         table=quote_ident(ds.name),
         letter_hash=_duckdb_letter_hash(ds),
-        letter_key_in_table=letter_key,
+        letter_key_in_table=_letter_key_in_table(ds),
         buckets=_duckdb_buckets(level),
     )
     rows = fetch_dicts(
@@ -234,14 +238,32 @@ def _bucket_keys_source(src: adbc.Connection, ds: Dataset, bucket: Bucket) -> se
 def _bucket_keys_warehouse(
     con: duckdb.DuckDBPyConnection, ds: Dataset, bucket: Bucket
 ) -> set[tuple]:
+    """The keys the warehouse accounts for in a bucket, as the parity aggregates count them:
+    its rows, and open dead letters of keys it holds no row for (a dead-lettered row fixed or
+    superseded at the source with a cursor elsewhere must follow, like a moved row)."""
     window = bucket.window()
+    table = quote_ident(ds.name)
     keys = ", ".join(f"{quote_ident(c)}::VARCHAR" for c in ds.primary_key)
+    letter_keys = ", ".join(f"json_extract_string(d.record_key, '$.{c}')" for c in ds.primary_key)
+    letter_keys_present = " AND ".join(
+        f"json_extract_string(d.record_key, '$.{c}') IS NOT NULL" for c in ds.primary_key
+    )
     cursor = quote_ident(ds.cursor)
     rows = run_sql(
         con,
-        f"SELECT {keys} FROM {quote_ident(ds.name)} WHERE {cursor} > $start "
-        f"AND {cursor} <= $end AND ($org_id IS NULL OR org_id::VARCHAR = $org_id)",
-        {"start": window.start, "end": window.end, "org_id": window.org_id},
+        f"SELECT {keys} FROM {table} WHERE {cursor} > $start "
+        f"AND {cursor} <= $end AND ($org_id IS NULL OR org_id::VARCHAR = $org_id) "
+        f"UNION SELECT {letter_keys} FROM dx_dead_letter AS d "
+        "WHERE d.dataset = $dataset AND d.status <> 'resolved' "
+        "AND d.cursor_at > $start AND d.cursor_at <= $end "
+        f"AND ($org_id IS NULL OR d.org_id = $org_id) AND {letter_keys_present} "
+        f"AND NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {_letter_key_in_table(ds)})",
+        {
+            "start": window.start,
+            "end": window.end,
+            "org_id": window.org_id,
+            "dataset": ds.name,
+        },
     )
     return {tuple(r) for r in rows}
 

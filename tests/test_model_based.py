@@ -407,10 +407,18 @@ class Model:
         )
 
     def reconcile(self, ds: Dataset, days: list[date]) -> None:
-        """A differing (org, hour) bucket is re-extracted; a key the warehouse holds in a
-        reconciled day whose source row moved elsewhere is re-read by key."""
+        """A differing (org, hour) bucket is re-extracted; a key the warehouse accounts for in
+        a reconciled day (its row, or the open letter of a key it holds no row for) whose source
+        row moved elsewhere is re-read by key."""
         keys = {r.key for r in self.in_scope(ds) if _utc_day(r.cursor) in days}
         moved = {k for k, s in self.stored[ds.name].items() if _utc_day(s.cursor) in days}
+        moved |= {
+            key
+            for (key, _reason, cursor), letter in self.letters[ds.name].items()
+            if letter.status != "resolved"
+            and key not in self.stored[ds.name]
+            and _utc_day(cursor) in days
+        }
         self.seen["stored row moved out of a reconciled day, re-read by key"] += len(moved - keys)
         keys |= moved
         for key in sorted(keys, key=lambda k: self.rows[ds.name][k].cursor):

@@ -132,6 +132,28 @@ def test_entity_that_moved_to_a_newer_day_is_repaired_by_key(pipe: Pipeline):
     assert _check(results, "row_count_parity", old_day).details["repaired"]["updated"] == 1
 
 
+def test_dead_lettered_entity_whose_fix_moved_to_another_day_is_repaired_by_key(pipe: Pipeline):
+    """Parity counts an open dead letter as the warehouse's account of its key; when the fixed
+    row moved to a day not reconciled, the repair must follow it by key, as for a stored row,
+    not report the letter's day failing after a repair that did nothing."""
+    letter_day, fixed_day = TODAY - timedelta(days=1), TODAY - timedelta(days=3)
+    company = pipe.src.insert(COMPANY_ENTITIES, updated_at=_at(letter_day), employee_count=-5)
+    pipe.export(COMPANY_ENTITIES)
+    assert [d["status"] for d in pipe.dead_letters(COMPANY_ENTITIES)] == ["open"]
+    key = {"org_id": company["org_id"], "entity_id": company["entity_id"]}
+    pipe.src.update(
+        COMPANY_ENTITIES, key, employee_count=10, record_version=2, updated_at=_at(fixed_day)
+    )
+
+    results = _reconcile(pipe, COMPANY_ENTITIES, [letter_day])
+
+    assert all(r.passed for r in results if r.check.endswith("parity"))
+    (row,) = pipe.rows(COMPANY_ENTITIES)
+    assert (row["record_version"], row["employee_count"]) == (2, 10)
+    assert [d["status"] for d in pipe.dead_letters(COMPANY_ENTITIES)] == ["resolved"]
+    assert _check(results, "row_count_parity", letter_day).details["repaired"]["inserted"] == 1
+
+
 def test_drift_that_repair_cannot_fix_is_reported_as_failing(pipe: Pipeline, tmp_path: Path):
     """A row deleted at the source cannot be re-extracted: the CLI must exit non-zero."""
     day = TODAY - timedelta(days=1)
