@@ -7,17 +7,23 @@ same job a schedule launches) and are recorded in the instance under ``DAGSTER_H
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export_pipeline.config import PROJECT_ROOT, ConfigError, Settings, redact_dsn
 from export_pipeline.contract import DATASETS
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 class CliError(RuntimeError):
@@ -36,6 +42,27 @@ def _ensure_dagster_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+@contextmanager
+def dagster_instance() -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance under DAGSTER_HOME, its storage created under an exclusive file lock.
+
+    On a new DAGSTER_HOME the first open creates the sqlite tables; two commands started at once
+    (a manual run during the first scheduled one) would both create them, and one would crash
+    with ``table ... already exists``. Opening is serialised; using the instance is not.
+    """
+    home = _ensure_dagster_home()
+    import dagster as dg
+
+    with open(home / ".instance.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            instance = dg.DagsterInstance.get()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    with instance:
+        yield instance
 
 
 def _source_dsn(settings: Settings) -> str:
@@ -89,13 +116,12 @@ def launch(
 
     Returns (success, run id, the ledger rows the run wrote).
     """
-    _ensure_dagster_home()
     import dagster as dg
 
     from export_pipeline.definitions import defs
     from export_pipeline.defs.liveness import reap_dead_runs
 
-    with dg.DagsterInstance.get() as instance:
+    with dagster_instance() as instance:
         for dead in reap_dead_runs(instance):
             print(f"marked run {dead} failed: its process is gone (killed or crashed)")
         job = defs.resolve_job_def(job_name)

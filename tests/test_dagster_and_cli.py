@@ -217,3 +217,32 @@ def test_every_job_runs_in_process_so_steps_never_contend_for_the_duckdb_lock():
 
     for job in defs.resolve_all_job_defs():
         assert job.executor_def.name == "in_process", job.name
+
+
+def test_commands_started_at_once_on_a_new_dagster_home_all_open_the_instance(tmp_path):
+    """A manual run during the first scheduled one must not crash creating the instance's tables
+    (sqlite `table ... already exists` when two processes create the storage at once)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    opener = (
+        "import time, sys\n"
+        "from export_pipeline.cli import dagster_instance\n"
+        "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+        "with dagster_instance() as instance:\n"
+        "    print(len(instance.get_runs()))\n"
+    )
+    start_at = str(datetime.now(UTC).timestamp() + 8)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", opener, start_at],
+            env={**os.environ, "DAGSTER_HOME": str(home)},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outputs]
+    assert [out.strip() for out, _ in outputs] == ["0"] * 4
