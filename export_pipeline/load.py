@@ -112,43 +112,79 @@ def stage_dead_letters(con: duckdb.DuckDBPyConnection, letters: pl.DataFrame) ->
     )
 
 
+def _narrow(ds: Dataset, *extra: str) -> str:
+    """The stage columns classification ranks on: key, guards, cursor/version, ``_ord``."""
+    names = dict.fromkeys([*ds.primary_key, *(c for g in ds.unique_guards for c in g), *extra])
+    return ", ".join(_q(c) for c in names)
+
+
+def _columns_of(alias: str, names: tuple[str, ...]) -> str:
+    return ", ".join(f"{alias}.{_q(c)}" for c in dict.fromkeys(names))
+
+
 def classify_sql(ds: Dataset, stage: str = STAGE) -> str:
     """SQL creating ``_classified (_ord, _outcome)``: the outcome of every row of ``stage``.
 
-    Narrow on purpose: the rows stay in the stage, and writes join back to it by ``_ord``.
+    Narrow on purpose: rows are ranked on their key, guards and cursor or version only, and
+    whole rows are compared (joined back to the stage by ``_ord``) only where a key collides,
+    in the table or within the batch. An initial load compares nothing; a wide window over a
+    large batch would spill past DuckDB's memory limit. Writes join back to the stage by
+    ``_ord``.
     """
     pk = ", ".join(_q(c) for c in ds.primary_key)
     target = _q(ds.name)
     first_pk = _q(ds.primary_key[0])
+    pk_of = _columns_of("t", ds.primary_key)
     if ds.write_mode == "upsert":
         v = _q(ds.version_column or "")
         return f"""
 CREATE OR REPLACE TEMP TABLE {CLASSIFIED} AS
 WITH ranked AS (
-    SELECT s.*, row_number() OVER (PARTITION BY {pk} ORDER BY {v} DESC, _ord) AS _rank
-    FROM {stage} s
+    SELECT {_narrow(ds, ds.version_column or "")}, _ord,
+        row_number() OVER (PARTITION BY {pk} ORDER BY {v} DESC, _ord) AS _rank
+    FROM {stage}
 ),
-winners AS (SELECT * FROM ranked WHERE _rank = 1)
+winners AS (
+    SELECT w._ord, w.{v}, t.{v} AS _stored_version, t.{first_pk} IS NOT NULL AS _in_target
+    FROM ranked w LEFT JOIN (SELECT {pk_of}, t.{v} FROM {target} t) t
+        ON {_match("w", "t", ds.primary_key)}
+    WHERE w._rank = 1
+),
+same_as_target AS (
+    SELECT s._ord, {_same_content(ds, "s", "t")} AS _same
+    FROM {stage} s JOIN {target} t ON {_match("s", "t", ds.primary_key)}
+    WHERE s._ord IN (SELECT _ord FROM winners WHERE _in_target AND {v} = _stored_version)
+),
+losers AS (
+    SELECT r._ord, r.{v}, w._ord AS _winner_ord, w.{v} AS _winner_version
+    FROM ranked r JOIN ranked w ON {_match("r", "w", ds.primary_key)} AND w._rank = 1
+    WHERE r._rank > 1
+),
+same_as_winner AS (
+    SELECT l._ord, {_same_content(ds, "s", "ws")} AS _same
+    FROM losers l JOIN {stage} s ON s._ord = l._ord JOIN {stage} ws ON ws._ord = l._winner_ord
+    WHERE l.{v} = l._winner_version
+)
 SELECT w._ord, CASE
-        WHEN t.{first_pk} IS NULL THEN 'insert'
-        WHEN w.{v} > t.{v} THEN 'update'
-        WHEN w.{v} < t.{v} THEN 'stale'
-        WHEN {_same_content(ds, "w", "t")} THEN 'unchanged'
+        WHEN NOT w._in_target THEN 'insert'
+        WHEN w.{v} > w._stored_version THEN 'update'
+        WHEN w.{v} < w._stored_version THEN 'stale'
+        WHEN c._same THEN 'unchanged'
         ELSE 'version_conflict'
     END AS _outcome
-FROM winners w LEFT JOIN {target} t ON {_match("w", "t", ds.primary_key)}
+FROM winners w LEFT JOIN same_as_target c USING (_ord)
 UNION ALL
-SELECT r._ord, CASE
-        WHEN r.{v} < w.{v} THEN 'stale'
-        WHEN {_same_content(ds, "r", "w")} THEN 'unchanged'
+SELECT l._ord, CASE
+        WHEN l.{v} < l._winner_version THEN 'stale'
+        WHEN c._same THEN 'unchanged'
         ELSE 'version_conflict'
     END AS _outcome
-FROM ranked r JOIN winners w ON {_match("r", "w", ds.primary_key)}
-WHERE r._rank > 1
+FROM losers l LEFT JOIN same_as_winner c USING (_ord)
 """
     cursor = _q(ds.cursor)
     guard_joins = "\n".join(
-        f"LEFT JOIN {target} g{i} ON {_match('w', f'g{i}', guard)}"
+        f"LEFT JOIN (SELECT {_columns_of('t', (*guard, *ds.primary_key))} FROM {target} t) g{i} "
+        f"ON {_match('w', f'g{i}', guard)}"
         for i, guard in enumerate(ds.unique_guards)
     )
     guard_violations = (
@@ -168,34 +204,41 @@ WHERE r._rank > 1
     return f"""
 CREATE OR REPLACE TEMP TABLE {CLASSIFIED} AS
 WITH ranked AS (
-    SELECT s.*, row_number() OVER (PARTITION BY {pk} ORDER BY _ord) AS _rank
-    FROM {stage} s
+    SELECT {_narrow(ds, ds.cursor)}, _ord,
+        row_number() OVER (PARTITION BY {pk} ORDER BY _ord) AS _rank
+    FROM {stage}
 ),
 winners AS (
-    SELECT r.*, t.{first_pk} IS NOT NULL AS _in_target,
-        {_same_content(ds, "r", "t")} AS _same_as_target
-    FROM ranked r LEFT JOIN {target} t ON {_match("r", "t", ds.primary_key)}
+    SELECT r.*, t.{first_pk} IS NOT NULL AS _in_target
+    FROM ranked r LEFT JOIN (SELECT {pk_of} FROM {target} t) t
+        ON {_match("r", "t", ds.primary_key)}
     WHERE r._rank = 1
+),
+same_as_target AS (
+    SELECT s._ord, {_same_content(ds, "s", "t")} AS _same
+    FROM {stage} s JOIN {target} t ON {_match("s", "t", ds.primary_key)}
 ),
 guarded AS (
     SELECT w.*, ({guard_violations}) AS _guard_violation
     FROM winners w
     {guard_joins}
+),
+same_as_winner AS (
+    SELECT r._ord, {_same_content(ds, "s", "ws")} AS _same
+    FROM ranked r JOIN ranked w ON {_match("r", "w", ds.primary_key)} AND w._rank = 1
+        JOIN {stage} s ON s._ord = r._ord JOIN {stage} ws ON ws._ord = w._ord
+    WHERE r._rank > 1
 )
-SELECT _ord, CASE
-        WHEN _guard_violation THEN 'uniqueness_violation'
-        WHEN NOT _in_target THEN 'insert'
-        WHEN _same_as_target THEN 'unchanged'
+SELECT g._ord, CASE
+        WHEN g._guard_violation THEN 'uniqueness_violation'
+        WHEN NOT g._in_target THEN 'insert'
+        WHEN c._same THEN 'unchanged'
         ELSE 'update'
     END AS _outcome
-FROM guarded
+FROM guarded g LEFT JOIN same_as_target c USING (_ord)
 UNION ALL
-SELECT r._ord, CASE
-        WHEN {_same_content(ds, "r", "w")} THEN 'unchanged'
-        ELSE 'uniqueness_violation'
-    END AS _outcome
-FROM ranked r JOIN ranked w ON {_match("r", "w", ds.primary_key)} AND w._rank = 1
-WHERE r._rank > 1
+SELECT d._ord, CASE WHEN d._same THEN 'unchanged' ELSE 'uniqueness_violation' END AS _outcome
+FROM same_as_winner d
 """
 
 
