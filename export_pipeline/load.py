@@ -42,6 +42,7 @@ DEAD_LETTER_OUTCOMES: tuple[Outcome, ...] = ("uniqueness_violation", "version_co
 STAGE = "_stage"
 STAGE_DEAD_LETTERS = "_stage_dead_letters"
 CLASSIFIED = "_classified"
+MATCHED = "_matched"
 
 
 def _q(name: str) -> str:
@@ -122,14 +123,30 @@ def _columns_of(alias: str, names: tuple[str, ...]) -> str:
     return ", ".join(f"{alias}.{_q(c)}" for c in dict.fromkeys(names))
 
 
+def matched_sql(ds: Dataset, stage: str = STAGE) -> str:
+    """SQL creating ``_matched``: the table's rows whose key is in ``stage``, whole.
+
+    Found by a narrow key join, then read by ``rowid``: the rows a micro-batch meets again (its
+    lookback) are the latest ones, in the table's last row groups, so only those are read in
+    full rather than every column of the table (events at scale 1: the whole table's columns
+    against a few row groups).
+    """
+    target = _q(ds.name)
+    return (
+        f"CREATE OR REPLACE TEMP TABLE {MATCHED} AS SELECT * FROM {target} WHERE rowid IN "
+        f"(SELECT t.rowid FROM {target} t SEMI JOIN {stage} s "
+        f"ON {_match('t', 's', ds.primary_key)})"
+    )
+
+
 def classify_sql(ds: Dataset, stage: str = STAGE) -> str:
     """SQL creating ``_classified (_ord, _outcome)``: the outcome of every row of ``stage``.
 
     Narrow on purpose: rows are ranked on their key, guards and cursor or version only, and
     whole rows are compared (joined back to the stage by ``_ord``) only where a key collides,
-    in the table or within the batch. An initial load compares nothing; a wide window over a
-    large batch would spill past DuckDB's memory limit. Writes join back to the stage by
-    ``_ord``.
+    in the table (the rows of ``_matched``, see :func:`matched_sql`) or within the batch. An
+    initial load compares nothing; a wide window over a large batch would spill past DuckDB's
+    memory limit. Writes join back to the stage by ``_ord``.
     """
     pk = ", ".join(_q(c) for c in ds.primary_key)
     target = _q(ds.name)
@@ -146,13 +163,13 @@ WITH ranked AS (
 ),
 winners AS (
     SELECT w._ord, w.{v}, t.{v} AS _stored_version, t.{first_pk} IS NOT NULL AS _in_target
-    FROM ranked w LEFT JOIN (SELECT {pk_of}, t.{v} FROM {target} t) t
+    FROM ranked w LEFT JOIN (SELECT {pk_of}, t.{v} FROM {MATCHED} t) t
         ON {_match("w", "t", ds.primary_key)}
     WHERE w._rank = 1
 ),
 same_as_target AS (
     SELECT s._ord, {_same_content(ds, "s", "t")} AS _same
-    FROM {stage} s JOIN {target} t ON {_match("s", "t", ds.primary_key)}
+    FROM {stage} s JOIN {MATCHED} t ON {_match("s", "t", ds.primary_key)}
     WHERE s._ord IN (SELECT _ord FROM winners WHERE _in_target AND {v} = _stored_version)
 ),
 losers AS (
@@ -210,13 +227,13 @@ WITH ranked AS (
 ),
 winners AS (
     SELECT r.*, t.{first_pk} IS NOT NULL AS _in_target
-    FROM ranked r LEFT JOIN (SELECT {pk_of} FROM {target} t) t
+    FROM ranked r LEFT JOIN (SELECT {pk_of} FROM {MATCHED} t) t
         ON {_match("r", "t", ds.primary_key)}
     WHERE r._rank = 1
 ),
 same_as_target AS (
     SELECT s._ord, {_same_content(ds, "s", "t")} AS _same
-    FROM {stage} s JOIN {target} t ON {_match("s", "t", ds.primary_key)}
+    FROM {stage} s JOIN {MATCHED} t ON {_match("s", "t", ds.primary_key)}
 ),
 guarded AS (
     SELECT w.*, ({guard_violations}) AS _guard_violation
@@ -338,6 +355,7 @@ def apply_classified(
     version published from the same rows leaves that to the primary dataset).
     """
     target = _q(ds.name)
+    run_sql(con, matched_sql(ds, stage))
     run_sql(con, classify_sql(ds, stage))
     counts = dict(run_sql(con, f"SELECT _outcome, count(*) FROM {CLASSIFIED} GROUP BY ALL"))
     outcomes = {o: int(counts.get(o, 0)) for o in OUTCOMES}
