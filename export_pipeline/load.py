@@ -49,8 +49,13 @@ def _q(name: str) -> str:
     return quote_ident(name)
 
 
+def _column_list(names: tuple[str, ...], prefix: str = "") -> str:
+    """Quoted, prefixed column names, each once, in order."""
+    return ", ".join(f"{prefix}{_q(c)}" for c in dict.fromkeys(names))
+
+
 def _cols(ds: Dataset, prefix: str = "") -> str:
-    return ", ".join(f"{prefix}{_q(c)}" for c in ds.column_names)
+    return _column_list(ds.column_names, prefix)
 
 
 def _match(left: str, right: str, columns: tuple[str, ...]) -> str:
@@ -115,12 +120,7 @@ def stage_dead_letters(con: duckdb.DuckDBPyConnection, letters: pl.DataFrame) ->
 
 def _narrow(ds: Dataset, *extra: str) -> str:
     """The stage columns classification ranks on: key, guards, cursor/version, ``_ord``."""
-    names = dict.fromkeys([*ds.primary_key, *(c for g in ds.unique_guards for c in g), *extra])
-    return ", ".join(_q(c) for c in names)
-
-
-def _columns_of(alias: str, names: tuple[str, ...]) -> str:
-    return ", ".join(f"{alias}.{_q(c)}" for c in dict.fromkeys(names))
+    return _column_list((*ds.primary_key, *(c for g in ds.unique_guards for c in g), *extra))
 
 
 def matched_sql(ds: Dataset, stage: str = STAGE) -> str:
@@ -151,7 +151,7 @@ def classify_sql(ds: Dataset, stage: str = STAGE) -> str:
     pk = ", ".join(_q(c) for c in ds.primary_key)
     target = _q(ds.name)
     first_pk = _q(ds.primary_key[0])
-    pk_of = _columns_of("t", ds.primary_key)
+    pk_of = _column_list(ds.primary_key, "t.")
     if ds.write_mode == "upsert":
         v = _q(ds.version_column or "")
         return f"""
@@ -200,7 +200,7 @@ FROM losers l LEFT JOIN same_as_winner c USING (_ord)
 """
     cursor = _q(ds.cursor)
     guard_joins = "\n".join(
-        f"LEFT JOIN (SELECT {_columns_of('t', (*guard, *ds.primary_key))} FROM {target} t) g{i} "
+        f"LEFT JOIN (SELECT {_column_list((*guard, *ds.primary_key), 't.')} FROM {target} t) g{i} "
         f"ON {_match('w', f'g{i}', guard)}"
         for i, guard in enumerate(ds.unique_guards)
     )
