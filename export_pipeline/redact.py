@@ -265,11 +265,10 @@ def _text_scan(name: str) -> pl.Expr:
 
 
 def _json_scan(name: str) -> pl.Expr:
+    # No anchor pre-scan: both sides of a Polars expression are evaluated on every row, and
+    # every match of the value rules holds an anchor, so it would only add a pass.
     raw = pl.col(name).cast(pl.String)
-    return raw.str.contains(_JSON_SCAN) | (
-        raw.str.contains_any(list(ANCHORS), ascii_case_insensitive=True)
-        & raw.str.contains(VALUE_PATTERN)
-    )
+    return raw.str.contains(_JSON_SCAN) | raw.str.contains(VALUE_PATTERN)
 
 
 def _redact_text_rows(text: pl.Series, anchored: pl.Series) -> pl.Series:
