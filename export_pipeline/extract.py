@@ -127,12 +127,10 @@ def check_source_schema(conn: adbc.Connection, ds: Dataset) -> None:
 
 
 def _projection(ds: Dataset, alias: str = "") -> str:
+    """The contract columns, renamed; uuids stay binary (16 bytes, Arrow's ``arrow.uuid``)."""
     prefix = f"{alias}." if alias else ""
     return ", ".join(
-        f"{prefix}{quote_ident(c.source_name)}::text AS {quote_ident(c.name)}"
-        if c.type == "uuid"
-        else f"{prefix}{quote_ident(c.source_name)} AS {quote_ident(c.name)}"
-        for c in ds.source_columns
+        f"{prefix}{quote_ident(c.source_name)} AS {quote_ident(c.name)}" for c in ds.source_columns
     )
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from export_pipeline.contract import Dataset
 from export_pipeline.extract import quote_ident
@@ -72,15 +73,35 @@ def _same_content(ds: Dataset, left: str, right: str) -> str:
     )
 
 
-def _insert_from(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, statement: str) -> None:
+def _insert_from(
+    con: duckdb.DuckDBPyConnection,
+    frame: pl.DataFrame,
+    statement: str,
+    uuid_columns: tuple[str, ...] = (),
+) -> None:
     """Run ``statement`` with a Polars frame readable as ``_incoming`` (zero-copy, via Arrow).
+
+    ``uuid_columns`` (16-byte binary in Polars) reach DuckDB as Arrow's ``arrow.uuid``.
 
     Not ``con.register``: inside the batch's open transaction DuckDB keeps every registered
     object alive until COMMIT (the dropped view stays visible to the transaction), so a large
     batch would hold all its Arrow data at once (measured: +1.5 GB for 1.5M events). A
     relation's view lives for this one statement only.
     """
-    con.from_arrow(frame.to_arrow()).query("_incoming", statement).fetchall()
+    table = frame.to_arrow()
+    for name in uuid_columns:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, _as_arrow_uuid(table.column(i)))
+    con.from_arrow(table).query("_incoming", statement).fetchall()
+
+
+def _as_arrow_uuid(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Validated 16-byte uuids as Arrow's ``arrow.uuid``, which DuckDB reads as UUID directly."""
+    storage = column.cast(pa.binary(16))
+    return pa.chunked_array(
+        [pa.ExtensionArray.from_storage(pa.uuid(), chunk) for chunk in storage.chunks],
+        type=pa.uuid(),
+    )
 
 
 def create_stage(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
@@ -104,6 +125,7 @@ def stage_rows(con: duckdb.DuckDBPyConnection, ds: Dataset, rows: pl.DataFrame, 
         con,
         rows.with_row_index("_ord", offset=first),
         f"INSERT INTO {STAGE} SELECT {casts}, _ord FROM _incoming",
+        tuple(c.name for c in ds.columns if c.type == "uuid"),
     )
 
 
@@ -379,18 +401,18 @@ def apply_classified(
         source = f"{stage} s"
     else:
         source = f"{rows} WHERE c._outcome IN ('insert', 'update')"
-    if outcomes["insert"] or outcomes["update"]:
-        _mark_dirty(con, ds, f"SELECT s.* FROM {source}")
     if outcomes["insert"] >= BULK_LOAD_MIN_ROWS and not outcomes["update"] and _empty(con, ds):
+        # A new table holding only the batch's winners (one row per key and per guard, by
+        # classification): nothing to re-check, and every lake partition is marked at once.
         _bulk_create(con, ds, source, batch_id)
     elif outcomes["insert"] or outcomes["update"]:
+        _mark_dirty(con, ds, f"SELECT s.* FROM {source}")
         run_sql(
             con,
             f"INSERT INTO {target} ({_cols(ds)}, _batch_id, _loaded_at) "
             f"SELECT {_cols(ds, 's.')}, $batch_id, now() FROM {source}",
             {"batch_id": batch_id},
         )
-    if outcomes["insert"] or outcomes["update"]:
         check_keys_unique(con, ds, stage)
     if not dead_letters:
         return outcomes

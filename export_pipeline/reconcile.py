@@ -139,7 +139,7 @@ def _pg_buckets(ds: Dataset, level: Level) -> tuple[str, str]:
     cursor = f"q.{quote_ident(ds.cursor)}"
     exprs = [f"({cursor} AT TIME ZONE 'UTC')::date AS day"]
     if level in ("org", "hour"):
-        exprs.append("q.org_id AS org_id")
+        exprs.append("q.org_id::text AS org_id")
     if level == "hour":
         exprs.append(f"extract(hour FROM {cursor} AT TIME ZONE 'UTC')::int AS hour")
     return ", ".join(exprs), ", ".join(str(i + 1) for i in range(len(exprs)))

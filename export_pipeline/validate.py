@@ -34,8 +34,10 @@ DeadLetterReason = Literal[
     "version_conflict",
 ]
 
+#: A uuid travels as its 16 bytes: PostgreSQL's binary form, read by ADBC as Arrow's
+#: ``arrow.uuid`` and staged into DuckDB's UUID as is (no text round trip on the hot path).
 POLARS_TYPES: dict[LogicalType, pl.DataType] = {
-    "uuid": pl.String(),
+    "uuid": pl.Binary(),
     "text": pl.String(),
     "int": pl.Int32(),
     "bigint": pl.Int64(),
@@ -43,6 +45,10 @@ POLARS_TYPES: dict[LogicalType, pl.DataType] = {
     "timestamptz": pl.Datetime("us", "UTC"),
     "jsonb": pl.String(),
 }
+
+#: What Pandera sees of each type. A uuid is seen as its null mask (see :func:`_pandera_view`):
+#: its bytes are checked by the cast, and Pandera's failure report cannot JSON-encode binary.
+_PANDERA_TYPES: dict[LogicalType, pl.DataType] = {**POLARS_TYPES, "uuid": pl.Boolean()}
 
 #: Dead-letter frame layout, shared with the load stage.
 DEAD_LETTER_SCHEMA = {
@@ -113,7 +119,7 @@ def contract_schema(ds: Dataset, now: datetime) -> tuple[pa.DataFrameSchema, dic
     for col in ds.columns:
         named = _column_checks(col, now)
         columns[col.name] = pa.Column(
-            POLARS_TYPES[col.type],
+            _PANDERA_TYPES[col.type],
             checks=[n.check for n in named],
             nullable=col.nullable,
         )
@@ -174,7 +180,7 @@ def validate_batch(ds: Dataset, raw: pl.DataFrame, now: datetime | None = None) 
     ).select(_ordered_names(ds))
     cast, cast_failures = _cast(ds, raw)
     schema, check_names = contract_schema(ds, now)
-    failures = _failures(schema, check_names, cast, cast_failures)
+    failures = _failures(schema, check_names, _pandera_view(ds, cast), cast_failures)
     if failures.is_empty():
         return ValidatedBatch(cast, _empty_dead_letters())
     bad = failures.group_by("index").agg(
@@ -196,10 +202,13 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         if raw.schema[col.name] == target and col.type != "timestamptz":
             exprs.append(pl.col(col.name))
             continue
-        if col.type in ("uuid", "text", "jsonb"):
+        if col.type in ("text", "jsonb"):
             exprs.append(pl.col(col.name).cast(pl.String))
             continue
-        casted = pl.col(col.name).cast(target, strict=False)
+        if col.type == "uuid":
+            casted = _uuid_bytes(pl.col(col.name), raw.schema[col.name])
+        else:
+            casted = pl.col(col.name).cast(target, strict=False)
         if col.type == "timestamptz":
             casted = _finite_timestamp(casted)
         exprs.append(casted)
@@ -220,6 +229,34 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         )
     )
     return cast, lost
+
+
+def _pandera_view(ds: Dataset, cast: pl.DataFrame) -> pl.DataFrame:
+    """The cast frame as Pandera checks it: each uuid column replaced by its null mask."""
+    return cast.with_columns(
+        pl.when(pl.col(c.name).is_not_null()).then(True).alias(c.name)
+        for c in ds.columns
+        if c.type == "uuid"
+    )
+
+
+def _uuid_bytes(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A uuid column as 16 bytes: binary kept when 16 bytes long, text parsed (any case, hyphens
+    optional); anything else is null, i.e. a type_cast failure."""
+    if dtype == pl.Binary:
+        return pl.when(expr.bin.size() == 16).then(expr)
+    hexdigits = expr.cast(pl.String).str.replace_all("-", "", literal=True)
+    return pl.when(hexdigits.str.len_bytes() == 32).then(hexdigits.str.decode("hex", strict=False))
+
+
+def uuid_text(expr: pl.Expr) -> pl.Expr:
+    """16-byte uuids in their canonical text form (``8-4-4-4-12`` lowercase hex digits)."""
+    hexdigits = expr.bin.encode("hex")
+    parts = [hexdigits.str.slice(start, length) for start, length in _UUID_GROUPS]
+    return pl.concat_str(parts, separator="-")
+
+
+_UUID_GROUPS = ((0, 8), (8, 4), (12, 4), (16, 4), (20, 12))
 
 
 #: Python's datetime range in microseconds since the epoch (years 1 to 9999). PostgreSQL also
@@ -323,7 +360,12 @@ def _dead_letter_rows(ds: Dataset, rejected: pl.DataFrame) -> pl.DataFrame:
         for c in ds.columns
         if c.type == "timestamptz" and rejected.schema[c.name] == POLARS_TYPES["timestamptz"]
     ]
-    rejected = rejected.with_columns(cursor.alias("_cursor_at"), *timestamps)
+    uuids = [
+        uuid_text(pl.col(c.name)).alias(c.name)
+        for c in ds.columns
+        if c.type == "uuid" and rejected.schema[c.name] == pl.Binary
+    ]
+    rejected = rejected.with_columns(cursor.alias("_cursor_at"), *timestamps, *uuids)
     return rejected.select(
         pl.struct(list(ds.primary_key)).struct.json_encode().alias("record_key"),
         pl.col("org_id").cast(pl.String).alias("org_id"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 from conftest import Pipeline
-from rows import new_id
+from rows import ago, new_id
 
 from export_pipeline import load
 from export_pipeline.contract import ENTITY_SNAPSHOTS, OPERATION_EVENTS, OPERATION_RUNS
@@ -137,3 +137,27 @@ def test_key_check_names_the_key_held_twice(pipe: Pipeline, collides_on: str) ->
     expected = "event_id" if collides_on == "primary key" else "run_id, event_sequence"
     with pytest.raises(load.DuplicateKeyError, match=f"\\({expected}\\)"):
         load.check_keys_unique(pipe.con, OPERATION_EVENTS)
+
+
+def test_bulk_path_keeps_one_row_per_key_and_guard_from_classification_alone(
+    pipe: Pipeline, bulk: None
+) -> None:
+    """The fast path skips the post-insert key check (the table was empty), so the batch's own
+    twins, on the key and on the guard, must still end as one row and dead letters."""
+    run = new_id()
+    first = pipe.src.insert(
+        OPERATION_EVENTS, run_id=run, event_sequence=0, occurred_at=ago(minutes=3)
+    )
+    pipe.src.insert(OPERATION_EVENTS, run_id=run, event_sequence=0, occurred_at=ago(minutes=2))
+    pipe.src.insert(OPERATION_EVENTS, run_id=run, event_sequence=1, occurred_at=ago(minutes=1))
+
+    result = pipe.export(OPERATION_EVENTS)
+
+    assert (result.inserted, result.dead_letters_by_reason) == (2, {"uniqueness_violation": 1})
+    counts = run_sql(
+        pipe.con,
+        "SELECT count(*), count(DISTINCT event_id), count(DISTINCT (run_id, event_sequence)), "
+        f"bool_or(event_id = $first) FROM {OPERATION_EVENTS.name}",
+        {"first": first["event_id"]},
+    )
+    assert counts == [(2, 2, 2, True)]

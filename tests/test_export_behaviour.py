@@ -595,6 +595,43 @@ def test_invalid_row_is_dead_lettered_with_its_reason_and_check(
     assert letter["status"] == "open"
 
 
+def test_a_dead_letter_spells_uuids_as_postgresql_prints_them(pipe: Pipeline) -> None:
+    """uuids travel as 16 bytes; a dead letter is read and retried by key, so its key and row
+    must hold the canonical text PostgreSQL prints, nulls staying null."""
+    row = pipe.src.insert(OPERATION_RUNS, status="exploded", pipeline_run_id=None)
+
+    pipe.export(OPERATION_RUNS)
+
+    [letter] = pipe.dead_letters(OPERATION_RUNS)
+    assert decoded(letter["record_key"]) == {"run_id": str(row["run_id"])}
+    stored = decoded(letter["row_json"])
+    assert (stored["run_id"], stored["org_id"]) == (str(row["run_id"]), str(row["org_id"]))
+    assert stored["pipeline_run_id"] is None
+    assert letter["org_id"] == str(row["org_id"])
+
+
+def test_text_uuids_are_parsed_and_a_malformed_one_is_a_type_cast_failure() -> None:
+    """A frame may carry uuids as text (any case, hyphens optional); one that is no uuid must
+    become a dead letter, not an error in the warehouse's UUID cast that loses the batch."""
+    ds = OPERATION_RUNS
+    base = {c.name: default_row(ds)[c.source_name] for c in ds.source_columns}
+    good = str(base["run_id"])
+    raw = pl.DataFrame(
+        [
+            {**base, "run_id": good.upper()},
+            {**base, "run_id": good.replace("-", "")[:31] + "g"},
+        ]
+    )
+
+    checked = validate.validate_batch(ds, raw)
+
+    assert checked.valid.select(validate.uuid_text(pl.col("run_id")))["run_id"].to_list() == [
+        good.lower()
+    ]
+    [letter] = checked.dead_letters.to_dicts()
+    assert (letter["reason"], letter["failed_checks"]) == ("type_cast_failed", ["run_id:type_cast"])
+
+
 @pytest.mark.parametrize(
     "value",
     ["infinity", "-infinity", "20240-01-01 00:00+00"],
