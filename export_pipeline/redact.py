@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import polars as pl
@@ -153,7 +154,9 @@ _JSON_SCAN = f"(?i:{_KEY_FRAGMENT})|\\\\"
 _JSON_OR_VALUE_SCAN = f"{_JSON_SCAN}|{VALUE_PATTERN}"
 
 
+@lru_cache(maxsize=8192)
 def is_secret_key(key: str) -> bool:
+    """Whether a JSON key names a secret; cached, since documents repeat the same few keys."""
     normalised = _KEY_NORMALISER.sub("", key).lower()
     return any(fragment in normalised for fragment in SECRET_KEY_FRAGMENTS)
 
