@@ -130,9 +130,6 @@ def _alive(conn: adbc.Connection) -> bool:
         return False
 
 
-atexit.register(lambda: close_idle_connections())
-
-
 @contextmanager
 def connect(dsn: str) -> Iterator[adbc.Connection]:
     """A source connection, reused by the next batch of the same thread.
@@ -165,6 +162,9 @@ def close_idle_connections() -> None:
     """Close this thread's idle source connections (also done at exit)."""
     while _idle.by_dsn:
         _close_quietly(_idle.by_dsn.popitem()[1])
+
+
+atexit.register(close_idle_connections)
 
 
 def source_now(conn: adbc.Connection) -> datetime:

@@ -205,8 +205,8 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         if col.type in ("text", "jsonb"):
             exprs.append(pl.col(col.name).cast(pl.String))
             continue
-        if col.type == "uuid":
-            casted = _uuid_bytes(pl.col(col.name), raw.schema[col.name])
+        if col.type == "uuid":  # text (a binary column is the target type, kept above)
+            casted = _uuid_bytes(pl.col(col.name))
         else:
             casted = pl.col(col.name).cast(target, strict=False)
         if col.type == "timestamptz":
@@ -240,11 +240,9 @@ def _pandera_view(ds: Dataset, cast: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _uuid_bytes(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    """A uuid column as 16 bytes: binary kept when 16 bytes long, text parsed (any case, hyphens
-    optional); anything else is null, i.e. a type_cast failure."""
-    if dtype == pl.Binary:
-        return pl.when(expr.bin.size() == 16).then(expr)
+def _uuid_bytes(expr: pl.Expr) -> pl.Expr:
+    """Text uuids (any case, hyphens optional) as 16 bytes; anything else is null, i.e. a
+    type_cast failure."""
     hexdigits = expr.cast(pl.String).str.replace_all("-", "", literal=True)
     return pl.when(hexdigits.str.len_bytes() == 32).then(hexdigits.str.decode("hex", strict=False))
 
