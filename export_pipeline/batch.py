@@ -25,6 +25,7 @@ from export_pipeline.config import Settings, redact_dsn
 from export_pipeline.contract import DUAL_PUBLISH, Dataset
 from export_pipeline.extract import KeySet, Window
 from export_pipeline.faults import crash_point
+from export_pipeline.relations import source_dataset
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.validate import SchemaMismatchError
 from export_pipeline.warehouse import ensure_schema, get_watermark, run_sql
@@ -142,13 +143,14 @@ def _run_dataset_batch_once(
     t0 = time.perf_counter()
     run_sql(con, "BEGIN TRANSACTION")
     try:
+        source_ds = source_dataset(ds, settings)  # the relation configured for ds
         with extract.connect(source_dsn) as src:
-            extract.check_source_schema(src, ds)
+            extract.check_source_schema(src, source_ds)
             now = extract.source_now(src)
             window = window or microbatch_window(con, ds, settings, now)
             load.create_stage(con, ds)
             staged = 0
-            stream = extract.extract_window(src, ds, window, settings.batch_size)
+            stream = extract.extract_window(src, source_ds, window, settings.batch_size)
             for record_batch in extract.prefetch(stream):
                 checked = validate.validate_batch(ds, validate.to_frame(record_batch), now)
                 load.stage_rows(con, ds, checked.valid, staged)

@@ -365,8 +365,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if not success:
         raise CliError(f"the demo export run {run_id} failed; see the errors above")
     print("4. warehouse against source (in-scope rows = warehouse rows + dead-lettered rows):")
+    from export_pipeline.relations import source_dataset
+
     with extract.connect(dsn) as src:
-        in_scope = {ds.name: extract.count_in_scope(src, ds) for ds in DATASETS}
+        in_scope = {
+            ds.name: extract.count_in_scope(src, source_dataset(ds, settings)) for ds in DATASETS
+        }
     from export_pipeline.warehouse import fetch_dicts, open_warehouse
 
     with open_warehouse(settings.warehouse_path) as con:

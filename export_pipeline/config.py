@@ -44,6 +44,11 @@ class Settings:
     dead_letter_max_attempts: int = 5
     #: DuckDB's buffer pool for the pipeline's writes; beyond it, DuckDB spills to disk.
     duckdb_memory_limit: str = "600MB"
+    #: Schema holding one contract-shaped relation per dataset (``<schema>.<dataset name>``);
+    #: None reads the reference tables (see ``relations.py``).
+    source_schema: str | None = None
+    #: Per-dataset relation overrides, ``(dataset name, "schema.relation")``, contract-shaped.
+    source_relations: tuple[tuple[str, str], ...] = ()
 
     @property
     def warehouse_path(self) -> Path:
@@ -73,6 +78,8 @@ class Settings:
                 _number(env, "EXPORT_DEAD_LETTER_MAX_ATTEMPTS", 5, minimum=1, integer=True)
             ),
             duckdb_memory_limit=_memory(env, "EXPORT_DUCKDB_MEMORY_LIMIT", "600MB"),
+            source_schema=_source_schema(env),
+            source_relations=_source_relations(env),
         )
 
 
@@ -115,6 +122,39 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     if value > 1:
         raise ConfigError(f"{name}={env.get(name)!r} must be a fraction between 0 and 1")
     return value
+
+
+#: A PostgreSQL identifier as the settings accept it: no dot, no quote, no control character.
+_IDENTIFIER = re.compile(r"^[^.\"\x00-\x1f]{1,63}$")
+SOURCE_RELATION_PREFIX = "EXPORT_SOURCE_RELATION_"
+
+
+def _source_schema(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("EXPORT_SOURCE_SCHEMA") or "").strip()
+    if not raw:
+        return None
+    if not _IDENTIFIER.match(raw):
+        raise ConfigError(f"EXPORT_SOURCE_SCHEMA={raw!r} is not a schema name")
+    return raw
+
+
+def _source_relations(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``EXPORT_SOURCE_RELATION_<DATASET>=schema.relation`` overrides, by dataset name."""
+    from export_pipeline.contract import DATASETS_BY_NAME
+
+    out = []
+    for name, raw in sorted(env.items()):
+        if not name.startswith(SOURCE_RELATION_PREFIX) or not raw.strip():
+            continue
+        dataset = name.removeprefix(SOURCE_RELATION_PREFIX).lower()
+        if dataset not in DATASETS_BY_NAME:
+            valid = ", ".join(SOURCE_RELATION_PREFIX + d.upper() for d in DATASETS_BY_NAME)
+            raise ConfigError(f"{name} names no contract dataset; expected one of: {valid}")
+        parts = raw.strip().split(".")
+        if len(parts) != 2 or not all(_IDENTIFIER.match(p) for p in parts):
+            raise ConfigError(f"{name}={raw!r} is not a schema-qualified relation (schema.name)")
+        out.append((dataset, raw.strip()))
+    return tuple(out)
 
 
 def _check_dsn(dsn: str) -> None:

@@ -211,7 +211,7 @@ def _scope_filter(ds: Dataset, alias: str = "") -> str:
         raise NotImplementedError(f"{ds.name}: at most one out-of-scope rule is supported")
     prefix = f"{alias}." if alias else ""
     for column, _values in ds.out_of_scope:
-        col = prefix + quote_ident(column)
+        col = prefix + quote_ident(ds.column(column).source_name)
         return (
             f"AND ({col} IS NULL OR NOT {col} = ANY ((SELECT string_to_array("
             f"current_setting('export_pipeline.out_of_scope'), E'\\x1f'))::text[]))"
@@ -242,8 +242,9 @@ def window_query(ds: Dataset, by_org: bool = False) -> str:
     ``by_org`` adds the one-organisation filter (bound by ``set_window.sql``); it is left out
     otherwise, so the planner sees a plain cursor range it can serve from the cursor index.
     """
+    org = quote_ident(ds.column("org_id").source_name)
     org_filter = (
-        "AND org_id = (SELECT current_setting('export_pipeline.org_id')::uuid)" if by_org else ""
+        f"AND {org} = (SELECT current_setting('export_pipeline.org_id')::uuid)" if by_org else ""
     )
     return read_sql("extract", "select_window.sql").format(
         projection=_projection(ds),

@@ -35,6 +35,7 @@ from export_pipeline.config import Settings
 from export_pipeline.contract import OPERATION_RUNS, RUN_STATUSES, Dataset
 from export_pipeline.extract import KeySet, Window, quote_ident
 from export_pipeline.faults import crash_point
+from export_pipeline.relations import source_dataset
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.warehouse import fetch_dicts, run_sql
 
@@ -378,7 +379,7 @@ def lag_check(
     """
     cursor = quote_ident(ds.cursor)
     now = extract.source_now(src)
-    source_max = extract.source_max_cursor(src, ds)
+    source_max = extract.source_max_cursor(src, source_dataset(ds, settings))
     ((warehouse_max,),) = run_sql(con, f"SELECT max({cursor}) FROM {quote_ident(ds.name)}")
     ((last_success,),) = run_sql(
         con,
@@ -578,6 +579,7 @@ def reconcile_dataset(
     today: date | None = None,
 ) -> list[CheckResult]:
     """Every check of one dataset over ``days``; repairs failing days first when asked to."""
+    ds = source_dataset(ds, settings)  # source queries read the configured relation
     days = sorted(set(days))
     today = today or datetime.now(UTC).date()
     run_sql(con, read_sql("reconcile", "create_reconciliation_results.sql"))

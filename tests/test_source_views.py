@@ -1,0 +1,220 @@
+"""A producer's real schema behind contract views: the relation mapping, the shipped
+data-engine-x views, and a first export through them with a role that can read nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pytest
+from data_engine_x import SAMPLE_EXPECTED, real_source, write_sample
+
+from export_pipeline import extract
+from export_pipeline.config import ConfigError, Settings
+from export_pipeline.contract import (
+    DATASETS,
+    ENTITY_SNAPSHOTS,
+    OPERATION_RUNS,
+)
+from export_pipeline.relations import source_dataset, source_relation
+from export_pipeline.source_views import view_script
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "export_pipeline.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+# --- the mapping ------------------------------------------------------------------------------
+
+
+def test_default_settings_read_the_reference_tables_with_their_source_column_names():
+    """Without configuration nothing changes: today's reference tables and their renames."""
+    settings = Settings.from_env({})
+    for ds in DATASETS:
+        assert source_dataset(ds, settings) is ds
+    assert source_relation(ENTITY_SNAPSHOTS, settings).relation == "entities.entity_snapshots"
+
+
+def test_a_source_schema_reads_one_contract_shaped_relation_per_dataset():
+    """EXPORT_SOURCE_SCHEMA=export reads export.<dataset>, by contract column names (no renames),
+    in every query the extract builds: window, org filter, scope filter, keys, max cursor."""
+    settings = Settings.from_env({"EXPORT_SOURCE_SCHEMA": "export"})
+    mapped = source_dataset(ENTITY_SNAPSHOTS, settings)
+    assert mapped.source_table == "export.dx_entity_snapshots_v1"
+    assert all(c.source is None for c in mapped.columns)
+    assert mapped.column_names == ENTITY_SNAPSHOTS.column_names
+    assert source_dataset(mapped, settings) == mapped  # idempotent
+    window = extract.window_query(mapped, by_org=True)
+    assert '"export"."dx_entity_snapshots_v1"' in window
+    assert '"snapshot_id" AS "snapshot_id"' in window and '"id"' not in window
+    assert '"canonical_payload_json" AS' in extract.keys_query(mapped)
+    # The reference table's renames still apply without the setting.
+    assert '"id" AS "snapshot_id"' in extract.window_query(ENTITY_SNAPSHOTS)
+
+
+def test_a_per_dataset_relation_overrides_the_schema_and_bad_values_fail_at_start():
+    """The odd view elsewhere is one variable; a typo in its name or value fails loudly."""
+    env = {
+        "EXPORT_SOURCE_SCHEMA": "export",
+        "EXPORT_SOURCE_RELATION_DX_OPERATION_RUNS_V1": "reporting.runs_for_hq",
+    }
+    settings = Settings.from_env(env)
+    assert source_dataset(OPERATION_RUNS, settings).source_table == "reporting.runs_for_hq"
+    assert source_relation(OPERATION_RUNS, settings).origin == "override"
+    with pytest.raises(ConfigError, match="EXPORT_SOURCE_RELATION_DX_RUNS names no contract"):
+        Settings.from_env({"EXPORT_SOURCE_RELATION_DX_RUNS": "a.b"})
+    with pytest.raises(ConfigError, match="schema-qualified"):
+        Settings.from_env({"EXPORT_SOURCE_RELATION_DX_OPERATION_RUNS_V1": "runs"})
+    with pytest.raises(ConfigError, match="EXPORT_SOURCE_SCHEMA"):
+        Settings.from_env({"EXPORT_SOURCE_SCHEMA": "a.b"})
+
+
+def test_the_views_command_prints_a_script_of_views_and_grants_that_changes_no_table():
+    """The DBA reads what they run: one transaction, the five views, the grants, nothing else."""
+    script = view_script("data-engine-x", "hq export", "exporter")
+    assert script.count("CREATE OR REPLACE VIEW") == len(DATASETS)
+    for ds in DATASETS:
+        assert f'"hq export".{ds.name} AS' in script
+    assert 'GRANT SELECT ON ALL TABLES IN SCHEMA "hq export" TO "exporter"' in script
+    statements = [
+        line.split()[0].upper()
+        for line in script.splitlines()
+        if line and not line.startswith(("--", " ", ")")) and line.split()[0].isupper()
+    ]
+    assert set(statements) <= {"BEGIN;", "CREATE", "GRANT", "COMMIT;", "SELECT", "FROM", "JOIN",
+                               "CROSS", "LEFT", "WHERE", "GROUP"}  # fmt: skip
+    for verb in ("ALTER TABLE", "DROP", "TRUNCATE", "INSERT", "UPDATE ", "DELETE"):
+        assert verb not in script.replace("--", "\n--").split("\n--")[0] or verb == "DROP"
+    assert "--!" not in script and "{{" not in script
+    done = _cli("source", "views", "--profile", "data-engine-x", env={})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == view_script("data-engine-x")
+
+
+# --- the done-when export ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def producer(pg_server: Any, source_dsn: str):
+    """data-engine-x's real schema (RLS on, no policy) with a day of producer-written rows and
+    the shipped views installed by its owner, and a login role with SELECT on the views only."""
+    with real_source(pg_server, source_dsn) as src:
+        facts = write_sample(src.owner_dsn)
+        reader = src.login_role()
+        src.install_views("export", reader)
+        yield src, reader, facts
+
+
+def test_run_through_the_shipped_views_exports_all_five_datasets_with_a_select_only_role(
+    producer, tmp_path: Path
+):
+    """The first export against the producer's real schema: every dataset through the views,
+    rows the contract refuses dead-lettered with their reason, counts reconciling exactly, and a
+    role that cannot read a single table (only the views)."""
+    src, reader, facts = producer
+    dsn = src.dsn(reader)
+    with psycopg.connect(dsn) as conn:  # the role really holds nothing but the views
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM ops.operation_runs")
+    env = {
+        "EXPORT_SOURCE_DSN": dsn,
+        "EXPORT_SOURCE_SCHEMA": "export",
+        "EXPORT_SAFETY_LAG_SECONDS": "0",
+        "EXPORT_DATA_DIR": str(tmp_path / "data"),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    (tmp_path / "dagster_home").mkdir()
+    done = _cli("run", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    settings = Settings.from_env(env)
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        with extract.connect(dsn) as conn:
+            in_scope = {
+                ds.name: extract.count_in_scope(conn, source_dataset(ds, settings))
+                for ds in DATASETS
+            }
+        for ds in DATASETS:
+            ((rows,),) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchall()
+            ((dead,),) = con.execute(
+                "SELECT count(*) FROM dx_dead_letter WHERE dataset = $d", {"d": ds.name}
+            ).fetchall()
+            expected_in_scope, expected_dead = SAMPLE_EXPECTED[ds.name]
+            assert (in_scope[ds.name], dead) == (expected_in_scope, expected_dead), ds.name
+            assert rows + dead == in_scope[ds.name], ds.name
+
+        letters = con.execute(
+            "SELECT dataset, reason, failed_checks, record_key FROM dx_dead_letter"
+        ).fetchall()
+        by_dataset: dict[str, list] = {}
+        for name, reason, checks, key in letters:
+            by_dataset.setdefault(name, []).append((reason, checks, json.loads(key)))
+        companies = by_dataset["dx_company_entities_v1"]
+        assert {k["entity_id"] for _r, _c, k in companies} == set(facts["clay"])
+        assert all(r == "null_required_field" and "company_id:not_null" in c
+                   for r, c, _k in companies)  # fmt: skip
+        assert by_dataset["dx_operation_runs_v1"] == [
+            ("null_required_field", ["entity_id:not_null"], {"run_id": facts["runs"]["no_entity"]})
+        ]
+        assert [c for _r, c, _k in by_dataset["dx_person_entities_v1"]] == [["phone_e164:pattern"]]
+
+        runs = {
+            str(r[0]): r[1:]
+            for r in con.execute(
+                "SELECT run_id, status, attempt_count, source_provider, pipeline_run_id::VARCHAR, "
+                "error_code, entity_type FROM dx_operation_runs_v1"
+            ).fetchall()
+        }
+        ids = facts["runs"]
+        assert facts["runs"]["job"] not in runs  # out of the contract's scope
+        assert runs[ids["found_in_pipeline"]][:4] == ("succeeded", 2, "apollo",
+                                                      facts["pipeline_runs"][0])  # fmt: skip
+        assert runs[ids["not_found"]][0] == "succeeded"
+        assert runs[ids["failed"]][0:3] == ("failed", 2, "apollo")
+        assert runs[ids["failed"]][4] == "rate_limited"
+        assert runs[ids["missing_inputs"]][1] == 0 and runs[ids["missing_inputs"]][4] == (
+            "missing_inputs"
+        )
+        assert runs[ids["skipped_then_found"]][2] == "companyenrich"
+        sequences = con.execute(
+            "SELECT run_id, list(event_sequence ORDER BY event_sequence) FROM "
+            "dx_operation_events_v1 GROUP BY ALL"
+        ).fetchall()
+        assert all(seq == list(range(1, len(seq) + 1)) for _r, seq in sequences)
+        ((payloads,),) = con.execute(
+            "SELECT count(*) FROM dx_operation_events_v1 WHERE raw_response_ref IS NOT NULL "
+            "AND payload_hash IS NOT NULL"
+        ).fetchall()
+        assert payloads == 1
+        ((page_id, priority, version),) = con.execute(
+            "SELECT linkedin_page_id, source_priority, record_version FROM "
+            "dx_company_entities_v1 WHERE entity_id = $e",
+            {"e": facts["acme"]},
+        ).fetchall()
+        assert (page_id, priority, version) == ("1337", "apollo,prospeo", 3)
+    finally:
+        con.close()
+
+    status = _cli("status", "--json", env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert {r["dataset"] for r in json.loads(status.stdout)} == {ds.name for ds in DATASETS}
+    today = datetime.now(UTC).date().isoformat()
+    reconciled = _cli("reconcile", "--date", today, "--no-repair", env=env)
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
