@@ -67,10 +67,10 @@ def view_script(profile: str, schema: str = DEFAULT_SCHEMA, role: str = DEFAULT_
 -- table, with no policy) does not hide rows from the exporter. If the tables use FORCE ROW LEVEL
 -- SECURITY, the owner needs a policy (or BYPASSRLS) too. The script changes no table.
 --
--- The exporter's login role, if it does not exist yet (choose the password; keep it out of
+-- The login role of the exporter, if it does not exist yet (choose the password; keep it out of
 -- shell history):
---   CREATE ROLE {role} LOGIN PASSWORD '...';
---   ALTER ROLE {role} SET default_transaction_read_only = on;
+--   CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '...';
+--   ALTER ROLE {quote_ident(role)} SET default_transaction_read_only = on;
 -- It gets SELECT on these views only, never on the tables."""
     body = "\n\n".join(view_statements(profile, schema))
     grants = grant_statements(profile, schema, role)

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     views.add_argument(
         "--role",
         default=DEFAULT_ROLE,
-        help=f"the exporter's read-only login role, granted SELECT (default {DEFAULT_ROLE})",
+        help=f"read-only login role of the exporter, granted SELECT (default {DEFAULT_ROLE})",
     )
     views.set_defaults(func=cmd_source_views)
 
