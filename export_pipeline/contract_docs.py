@@ -205,7 +205,11 @@ def render_dictionary(datasets: tuple[Dataset, ...] = DATASETS) -> str:
         )
     for ds in datasets:
         out += ["", f"## {ds.name}", "", ds.description, ""]
-        out.append(f"- **Source**: `{ds.source_table}`")
+        out.append(
+            f"- **Source**: `{ds.source_table}` (the reference table; with "
+            f"`EXPORT_SOURCE_SCHEMA=<schema>`, the contract-shaped relation `<schema>.{ds.name}`: "
+            "see [the data-engine-x mapping](source_mapping_data_engine_x.md))"
+        )
         out.append(f"- **Write semantics**: {_write_semantics(ds)}")
         out.append(f"- **Primary key**: {', '.join(f'`{k}`' for k in ds.primary_key)}")
         for guard in ds.unique_guards:

@@ -238,7 +238,8 @@ class Producer:
         **changes: Any,
     ) -> None:
         """The producer's version bump: snapshot the previous version, then move the row to
-        ``record_version = old + 1`` guarded by ``WHERE record_version = old``."""
+        ``record_version = old + 1`` guarded by ``WHERE record_version = old`` (the table's
+        trigger sets ``updated_at``)."""
         table = {"company": "company_entities", "person": "person_entities"}[entity_type]
         ident = sql.Identifier("entities", table)
         ((old, payload),) = self.conn.execute(
@@ -252,7 +253,7 @@ class Producer:
         sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in changes)
         updated = self.conn.execute(
             sql.SQL(
-                "UPDATE {} SET {}, record_version = %s, updated_at = now(), "
+                "UPDATE {} SET {}, record_version = %s, "
                 "canonical_payload = canonical_payload || %s "
                 "WHERE org_id = %s AND entity_id = %s AND record_version = %s"
             ).format(ident, sets),

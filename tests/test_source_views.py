@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -105,6 +106,17 @@ def test_the_views_command_prints_a_script_of_views_and_grants_that_changes_no_t
     done = _cli("source", "views", "--profile", "data-engine-x", env={})
     assert done.returncode == 0, done.stderr
     assert done.stdout == view_script("data-engine-x")
+
+
+def test_the_mapping_dictionary_documents_every_contract_column_of_every_dataset():
+    """The data dictionary of the mapping is hand-written: a contract column added without a
+    line saying where it comes from (or that the producer must add it) fails here."""
+    text = (REPO / "docs" / "source_mapping_data_engine_x.md").read_text(encoding="utf-8")
+    sections = re.split(r"^## ", text, flags=re.MULTILINE)
+    for ds in DATASETS:
+        (section,) = [s for s in sections if s.startswith(ds.name + " ")]
+        documented = re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
+        assert documented == list(ds.column_names), ds.name
 
 
 # --- the done-when export ---------------------------------------------------------------------

@@ -139,6 +139,9 @@ CREATE TABLE entities.company_entities (
     icp_fit_reasoning text,
     PRIMARY KEY (org_id, entity_id)
 );
+-- Migration 007: a trigger sets updated_at on every UPDATE of an entity.
+CREATE TRIGGER update_company_entities_updated_at BEFORE UPDATE ON entities.company_entities
+    FOR EACH ROW EXECUTE FUNCTION ops.update_updated_at_column();
 CREATE INDEX idx_company_entities_org_domain ON entities.company_entities (org_id, canonical_domain);
 CREATE INDEX idx_company_entities_org_company ON entities.company_entities (org_id, company_id);
 
@@ -166,6 +169,8 @@ CREATE TABLE entities.person_entities (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org_id, entity_id)
 );
+CREATE TRIGGER update_person_entities_updated_at BEFORE UPDATE ON entities.person_entities
+    FOR EACH ROW EXECUTE FUNCTION ops.update_updated_at_column();
 CREATE INDEX idx_person_entities_org_email ON entities.person_entities (org_id, work_email);
 
 -- Written when an existing entity changes: a snapshot of the PREVIOUS version first, then the
