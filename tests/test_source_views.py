@@ -310,3 +310,110 @@ def test_source_check_on_the_reference_source_passes(pipe, tmp_path):
         assert d["origin"] == "reference" and d["kind"] == "table" and not d["blocking"], d
         assert d["index_scans"] and not d["seq_scans"], d
         assert not [f for f in d["findings"] if f["level"] != "info"], d
+
+
+def test_source_check_names_the_missing_grants_and_rls_behind_a_security_invoker_view(
+    producer, tmp_path
+):
+    """A role the DBA forgot to grant, and a view made security_invoker (it then reads the
+    table as the exporter, whom RLS hides every row from): both block, each saying why."""
+    src, _reader, _facts = producer
+    nobody = src.login_role()
+    code, report, text = _check(src.dsn(nobody), tmp_path, EXPORT_SOURCE_SCHEMA="export")
+    assert code == 1, text
+    for d in report["datasets"]:
+        assert d["can_select"] is False and d["blocking"], d
+    assert f"has no USAGE on schema export: GRANT USAGE ON SCHEMA export TO {nobody}" in text
+
+    invoker = src.login_role(
+        "GRANT USAGE ON SCHEMA export, entities TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA export, entities TO {role}",
+    )
+    with psycopg.connect(src.owner_dsn, autocommit=True) as conn:
+        conn.execute("ALTER VIEW export.dx_person_entities_v1 SET (security_invoker = true)")
+    code, report, text = _check(src.dsn(invoker), tmp_path, EXPORT_SOURCE_SCHEMA="export")
+    assert code == 1, text
+    blocked = {d["dataset"] for d in report["datasets"] if d["blocking"]}
+    assert blocked == {"dx_person_entities_v1"}
+    assert (
+        f"row-level security on entities.person_entities applies to role {invoker} "
+        "(through the view" in text
+    )
+
+
+def test_micro_batches_through_the_views_follow_new_versions_and_reread_nothing_twice(
+    producer, tmp_path
+):
+    """After the first export the producer keeps writing its way (a version bump with its
+    snapshot, a new run with attempts, a Clay company given its company_id): the next
+    micro-batch loads exactly those, re-reads the rest as unchanged (event_sequence and the
+    derived run columns are stable), and a fixed dead letter resolves through the views."""
+    from data_engine_x import Producer
+
+    from export_pipeline.batch import run_dataset_batch
+    from export_pipeline.dead_letters import retry_dead_letters
+    from export_pipeline.warehouse import fetch_dicts, open_warehouse
+
+    src, reader, facts = producer
+    dsn = src.dsn(reader)
+    settings = Settings.from_env(
+        {
+            "EXPORT_SOURCE_SCHEMA": "export",
+            "EXPORT_SAFETY_LAG_SECONDS": "0",
+            "EXPORT_DATA_DIR": str(tmp_path),
+        }
+    )
+    with open_warehouse(settings.warehouse_path) as con:
+        first = {
+            ds.name: run_dataset_batch(ds, source_dsn=dsn, con=con, settings=settings)
+            for ds in DATASETS
+        }
+        assert {n: r.extracted for n, r in first.items()} == {
+            n: expected for n, (expected, _dead) in SAMPLE_EXPECTED.items()
+        }
+        p = Producer(src.owner_dsn)
+        try:
+            org_a = facts["orgs"][0]
+            p.update_entity("company", org_a, facts["acme"], facts["pipeline_runs"][0],
+                            hq_country="DE")  # fmt: skip
+            p.operation(org_a, operation_id="company.enrich.profile", entity_type="company",
+                        status="found", output_payload={"entity_id": facts["acme"]},
+                        attempts=[{"provider": "apollo", "status": "found", "http_status": 200,
+                                   "duration_ms": 300}])  # fmt: skip
+            clay_a = facts["clay"][0]
+            p.update_entity("company", org_a, clay_a, None, company_id=facts["companies"][0])
+        finally:
+            p.close()
+        second = {
+            ds.name: run_dataset_batch(ds, source_dsn=dsn, con=con, settings=settings)
+            for ds in DATASETS
+        }
+        inserted = {n: r.inserted for n, r in second.items()}
+        updated = {n: r.updated for n, r in second.items()}
+        assert inserted == {
+            "dx_operation_runs_v1": 1,
+            "dx_operation_events_v1": 1,
+            "dx_company_entities_v1": 1,  # the Clay company, now with its company_id
+            "dx_person_entities_v1": 0,
+            "dx_entity_snapshots_v1": 2,  # acme v3, Clay company v1
+        }
+        assert updated == {**dict.fromkeys(inserted, 0), "dx_company_entities_v1": 1}
+        for r in second.values():
+            assert r.extracted == r.inserted + r.updated + r.unchanged + r.stale + r.dead_lettered
+        (acme,) = fetch_dicts(
+            con,
+            "SELECT record_version, hq_country FROM dx_company_entities_v1 WHERE entity_id = $e",
+            {"e": facts["acme"]},
+        )
+        assert acme == {"record_version": 4, "hq_country": "DE"}
+        companies = next(ds for ds in DATASETS if ds.name == "dx_company_entities_v1")
+        outcome = retry_dead_letters(
+            companies, source_dsn=dsn, con=con, settings=settings,
+            keys=[json.dumps({"org_id": org_a, "entity_id": clay_a}, separators=(",", ":"))],
+        )  # fmt: skip
+        assert outcome.resolved == 1
+        (retry,) = fetch_dicts(
+            con,
+            "SELECT extracted, unchanged, status FROM _export_batches WHERE mode = 'retry'",
+        )
+        assert retry == {"extracted": 1, "unchanged": 1, "status": "succeeded"}  # read by key
