@@ -43,7 +43,8 @@ def source_key(ds: Dataset) -> dg.AssetKey:
 def source_spec(ds: Dataset) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=source_key(ds),
-        description=f"Operational table `{ds.source_table}` in data-engine-x PostgreSQL.",
+        description=f"Operational table `{ds.source_table}` in data-engine-x PostgreSQL, or "
+        f"the relation configured for it (`EXPORT_SOURCE_SCHEMA`: `<schema>.{ds.name}`).",
         group_name="source",
         kinds={"postgres"},
     )
