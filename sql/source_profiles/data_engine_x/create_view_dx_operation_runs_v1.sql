@@ -65,7 +65,7 @@ CROSS JOIN LATERAL (
 ) AS att
 LEFT JOIN (
     SELECT
-        sr.output_payload -> 'operation_result' ->> 'run_id' AS run_id_text,
+        lower(sr.output_payload -> 'operation_result' ->> 'run_id') AS run_id_text,
         min(sr.pipeline_run_id::text) AS pipeline_run_id,
         count(DISTINCT sr.pipeline_run_id) AS pipeline_runs
     FROM ops.step_results AS sr
