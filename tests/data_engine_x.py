@@ -382,3 +382,42 @@ def write_sample(dsn: str) -> dict[str, Any]:
                 "clay": (clay_a, clay_b), "acme": acme}  # fmt: skip
     finally:
         p.close()
+
+
+@contextmanager
+def standby_of(pg_server: Any) -> Iterator[int]:
+    """A streaming standby of the session server, from pgserver's own binaries: a base backup
+    started on another port in the same socket directory. Yields its port; stopped after."""
+    import random
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pgserver import _commands
+
+    _commands._init()
+    info = pg_server.get_postmaster_info()
+    user = pg_server.system_user
+    as_user = {"user": user} if user else {}
+    root = Path(tempfile.mkdtemp(prefix="export_pipeline_standby_"))
+    root.chmod(0o755)
+    data = root / "data"
+    data.mkdir(mode=0o700)
+    if user:
+        shutil.chown(data, user, user)
+    port = random.randint(40000, 60000)
+    _commands.pg_basebackup(
+        ["-D", str(data), "-R", "-X", "stream", "-c", "fast", "-h", str(info.socket_dir),
+         "-p", str(info.port), "-U", "postgres"],
+        timeout=120, **as_user,
+    )  # fmt: skip
+    options = ["-o", '-h ""', "-o", f"-k {info.socket_dir}", "-o", f"-p {port}"]
+    _commands.pg_ctl(
+        ["-w", *options, "-l", str(data / "standby.log"), "start"],
+        pgdata=data, timeout=60, **as_user,
+    )  # fmt: skip
+    try:
+        yield port
+    finally:
+        _commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data, timeout=60, **as_user)
+        shutil.rmtree(root, ignore_errors=True)

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -433,3 +434,54 @@ def test_micro_batches_through_the_views_follow_new_versions_and_reread_nothing_
             "SELECT extracted, unchanged, status FROM _export_batches WHERE mode = 'retry'",
         )
         assert retry == {"extracted": 1, "unchanged": 1, "status": "succeeded"}  # read by key
+
+
+@pytest.mark.reliability  # starts a second PostgreSQL server
+def test_source_check_on_a_standby_reports_it_and_warns_while_replay_is_paused(
+    producer, pg_server, tmp_path
+):
+    """Reading from a replica is allowed, but what it has not replayed yet the pipeline cannot
+    see: the check says it is a standby and warns while replay is paused behind the primary."""
+    from data_engine_x import Producer, standby_of
+
+    src, reader, facts = producer
+    with standby_of(pg_server) as port:
+        standby = src.dsn(reader) + f"&port={port}"
+        superuser = pg_server.get_uri(database=src.database)
+        admin_standby = psycopg.connect(
+            superuser.split("?")[0] + f"?host={pg_server.get_postmaster_info().socket_dir}"
+            f"&port={port}",
+            autocommit=True,
+        )
+        try:
+            code, report, text = _check(standby, tmp_path, EXPORT_SOURCE_SCHEMA="export")
+            assert code == 0, text
+            assert (
+                report["server"]["standby"] is True and report["server"]["replay_paused"] is False
+            )
+            assert "primary" not in text.splitlines()[1] and "standby" in text.splitlines()[1]
+
+            admin_standby.execute("SELECT pg_wal_replay_pause()")
+            p = Producer(src.owner_dsn)
+            try:
+                p.operation(facts["orgs"][0], operation_id="company.enrich.profile",
+                            entity_type="company", status="found", attempts=[])  # fmt: skip
+            finally:
+                p.close()
+            for _ in range(600):  # until the standby has received what it does not replay
+                ((behind,),) = admin_standby.execute(
+                    "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()"
+                ).fetchall()
+                if behind:
+                    break
+                time.sleep(0.05)
+            assert behind
+            code, report, text = _check(standby, tmp_path, EXPORT_SOURCE_SCHEMA="export")
+            assert code == 0, text  # a warning, not a failure
+            assert report["server"]["replay_paused"] is True
+            assert report["server"]["replay_caught_up"] is False
+            assert any(f["level"] == "warning" and "standby replay is paused" in f["message"]
+                       for f in report["server"]["findings"])  # fmt: skip
+            admin_standby.execute("SELECT pg_wal_replay_resume()")
+        finally:
+            admin_standby.close()
