@@ -26,6 +26,7 @@ import adbc_driver_postgresql.dbapi as adbc
 from adbc_driver_postgresql import StatementOptions
 
 from export_pipeline import extract
+from export_pipeline.batch import scrub
 from export_pipeline.config import Settings, redact_dsn
 from export_pipeline.contract import DATASETS, Dataset
 from export_pipeline.extract import ACCEPTED_SOURCE_TYPES, Window
@@ -289,7 +290,7 @@ def _explain_window(
             ((plan_text,),) = cur.fetchall()
     except Exception as exc:  # noqa: BLE001 - reported, and the connection is rolled back
         conn.rollback()
-        message = " ".join(str(exc).split())
+        message = scrub(" ".join(str(exc).split()), None)
         check.findings.append(Finding("error", f"the window query fails: {message}"))
         return
     plan = json.loads(plan_text) if isinstance(plan_text, str) else plan_text
@@ -369,7 +370,9 @@ def check_server(conn: adbc.Connection, dsn: str, settings: Settings) -> ServerC
             (lag,) = _rows(conn, read_sql("source_check", "select_replay_lag.sql"))
         except Exception as exc:  # noqa: BLE001 - reported; a restricted role may not see it
             conn.rollback()
-            server.findings.append(Finding("warning", f"replay lag unknown: {exc}"))
+            server.findings.append(
+                Finding("warning", f"replay lag unknown: {scrub(str(exc), dsn)}")
+            )
         else:
             server.replay_lag_seconds = lag["replay_lag_seconds"]
             server.replay_caught_up = lag["replay_caught_up"]
