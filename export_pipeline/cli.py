@@ -19,7 +19,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from export_pipeline.config import PROJECT_ROOT, ConfigError, Settings, redact_dsn
+from export_pipeline import terminal
+from export_pipeline.config import ConfigError, Settings, dagster_home, redact_dsn
 from export_pipeline.contract import DATASETS
 
 if TYPE_CHECKING:
@@ -31,14 +32,9 @@ class CliError(RuntimeError):
 
 
 def _ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, absolute; defaults to the project's ``dagster_home/``."""
-    configured = os.environ.get("DAGSTER_HOME")
-    if configured:
-        home = Path(configured).expanduser().resolve()
-    elif (PROJECT_ROOT / "dagster_home").is_dir():
-        home = PROJECT_ROOT / "dagster_home"
-    else:
-        home = Path.home() / ".export_pipeline" / "dagster_home"
+    """DAGSTER_HOME, absolute (:func:`config.dagster_home`: the project's ``dagster_home/`` by
+    default, a relative value under the project root), created, and exported for Dagster."""
+    home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
@@ -404,9 +400,17 @@ Dagster UI:      make ui   (then open http://127.0.0.1:3000; run {run_id} is in 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = terminal.ArgumentParser(
         prog="export-pipeline",
         description="Export data-engine-x PostgreSQL into the DuckDB warehouse (contract v1).",
+        epilog=terminal.EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {terminal.package_version()}"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show logs and stack traces on the terminal"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -415,8 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     init = source_sub.add_parser("init", help="create the reference source schema (ops, entities)")
     init.set_defaults(func=cmd_source_init)
     seed = source_sub.add_parser("seed", help="fill the source with realistic synthetic data")
-    seed.add_argument("--scale", type=float, default=0.01, help="1 = 1M runs (default 0.01)")
-    seed.add_argument("--days", type=int, default=7, help="days of history (default 7)")
+    seed.add_argument(
+        "--scale", type=terminal.positive_float, default=0.01, help="1 = 1M runs (default 0.01)"
+    )
+    seed.add_argument(
+        "--days", type=terminal.positive_int, default=7, help="days of history (default 7)"
+    )
     seed.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     seed.add_argument(
         "--violations", action="store_true", help="plant a small known set of contract violations"
@@ -446,8 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="seed the embedded source and export it (make demo)")
-    demo.add_argument("--scale", type=float, default=0.01, help="seed scale (default 0.01)")
-    demo.add_argument("--days", type=int, default=7, help="days of history (default 7)")
+    demo.add_argument(
+        "--scale", type=terminal.positive_float, default=0.01, help="seed scale (default 0.01)"
+    )
+    demo.add_argument(
+        "--days", type=terminal.positive_int, default=7, help="days of history (default 7)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     for register in _command_modules():
@@ -471,29 +483,35 @@ def _command_modules() -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code is one of :class:`terminal.ExitCode` (``--help``)."""
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv  # accepted after the subcommand too
+    args = build_parser().parse_args([a for a in argv if a != "--verbose"])
     from export_pipeline.faults import check_crash_setting
     from export_pipeline.warehouse import WarehouseBusyError
 
     try:
         settings = Settings.from_env()
+        terminal.start(settings.data_dir, verbose=verbose)
         check_crash_setting()
         return args.func(args, settings)
     except (ConfigError, CliError, WarehouseBusyError) as exc:
-        one_line = " ".join(str(exc).split())
-        print(f"export-pipeline: error: {one_line}", file=sys.stderr)
-        return 2
+        print(f"export-pipeline: error: {terminal.one_line(str(exc), 2000)}", file=sys.stderr)
+        return terminal.ExitCode.FAILED
+    except KeyboardInterrupt:
+        print("export-pipeline: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         # The source (or the warehouse's file) unavailable, in a command that reads it directly
         # (`dead-letter replay`, `source init`, ...): one line, the DSN's password scrubbed.
         from export_pipeline.batch import is_transient, scrub
 
         if not is_transient(exc):
-            raise
+            return terminal.unexpected(exc)
         one_line = " ".join(scrub(str(exc), os.environ.get("EXPORT_SOURCE_DSN")).split())
         print(f"export-pipeline: error: {one_line}", file=sys.stderr)
-        return 2
+        return terminal.ExitCode.FAILED
 
 
 if __name__ == "__main__":

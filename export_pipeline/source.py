@@ -11,6 +11,7 @@ or print a DSN: a real one may carry a password.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -26,6 +27,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, column, create_engine, func, select, table, text
 from sqlalchemy.pool import NullPool
 
+from export_pipeline.config import PROJECT_ROOT
 from export_pipeline.sqlfiles import read_sql
 
 log = logging.getLogger(__name__)
@@ -124,12 +126,15 @@ class SeedReport:
 
 
 def default_data_dir() -> Path:
-    """``<temp dir>/export_pipeline-<uid>/pgdata``.
+    """``<temp dir>/export_pipeline-<uid>/pgdata-<checkout>``: one embedded PostgreSQL per
+    checkout (``<checkout>`` is a short hash of the project root), so two checkouts of the same
+    user never seed, reset or stop each other's source.
 
     A temp path, not the user's cache: pgserver opens traversal permissions on every parent of
     its data directory, which under ``~/.cache`` would open the home directory to other users.
     """
-    return Path(tempfile.gettempdir()) / f"export_pipeline-{os.getuid()}" / "pgdata"
+    checkout = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"export_pipeline-{os.getuid()}" / f"pgdata-{checkout}"
 
 
 def embedded_postgres(data_dir: Path | None = None) -> str:
