@@ -36,8 +36,8 @@ test-reliability: env
 # environment; a relative DAGSTER_HOME is under the project root). `dagster dev` starts in
 # DAGSTER_HOME, not here: in a directory holding a .env it loads that file over the environment.
 ui: env
-	home="$$($(VENV)/bin/python -c 'from export_pipeline.config import dagster_home; \
-		h = dagster_home(); h.mkdir(parents=True, exist_ok=True); print(h)')" && \
+	home="$$($(VENV)/bin/python -c \
+		'from export_pipeline.config import ensure_dagster_home; print(ensure_dagster_home())')" && \
 	cd "$$home" && DAGSTER_HOME="$$home" $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml
 
 lint: env

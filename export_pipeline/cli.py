@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from export_pipeline import terminal
-from export_pipeline.config import ConfigError, Settings, dagster_home, redact_dsn
+from export_pipeline.config import ConfigError, Settings, ensure_dagster_home, redact_dsn
 from export_pipeline.contract import DATASETS
 
 if TYPE_CHECKING:
@@ -32,10 +32,9 @@ class CliError(RuntimeError):
 
 
 def _ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, absolute (:func:`config.dagster_home`: the project's ``dagster_home/`` by
-    default, a relative value under the project root), created, and exported for Dagster."""
-    home = dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
+    """DAGSTER_HOME, absolute (:func:`config.ensure_dagster_home`: the project's ``dagster_home/``
+    by default, a relative value under the project root), created, and exported for Dagster."""
+    home = ensure_dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -127,8 +126,15 @@ def launch(
             partition_key=partition_key,
             tags=tags,
             asset_selection=[dg.AssetKey(name) for name in datasets] if datasets else None,
-            # The instance records every event; the console shows only what is asked for.
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            # The instance records every event; the console shows only what is asked for, and
+            # nothing unless --verbose (a failure is reported by runreport, its stack logged).
+            run_config={
+                "loggers": {
+                    "console": {
+                        "config": {"log_level": log_level if terminal.verbose() else "CRITICAL"}
+                    }
+                }
+            },
         )
     return result.success, result.run_id, _ledger_for_run(result.run_id)
 
@@ -165,29 +171,23 @@ def _ledger_for_run(run_id: str) -> list[dict]:
         )
 
 
-def _print_batches(rows: list[dict]) -> None:
-    header = (
-        f"  {'dataset':<24} {'status':<9} {'extracted':>9} {'inserted':>9} {'updated':>8} "
-        f"{'unchanged':>9} {'stale':>6} {'dead':>6}"
-    )
-    print(header)
-    for r in rows:
-        print(
-            f"  {r['dataset']:<24} {r['status']:<9} {r['extracted']:>9,} {r['inserted']:>9,} "
-            f"{r['updated']:>8,} {r['unchanged']:>9,} {r['stale']:>6,} {r['dead_lettered']:>6,}"
-        )
-        if r["error"]:
-            print(f"    error: {r['error']}")
+def report_run(label: str, success: bool, run_id: str, rows: list[dict]) -> int:
+    """One line per dataset and the verdict (its exit code): :mod:`export_pipeline.runreport`."""
+    from export_pipeline import runreport
+
+    report = runreport.build(label, run_id, success, rows, Settings.from_env().warehouse_path)
+    runreport.print_lines(report)
+    code, verdict = runreport.verdict(report, success)
+    if code == terminal.ExitCode.FAILED:
+        raise CliError(verdict)
+    print(verdict, file=sys.stderr if code else sys.stdout)
+    return code
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Exits 2 when a dataset failed, 3 when dead letters are exhausted."""
     success, run_id, rows = run_microbatch()
-    print(f"micro-batch run {run_id} ({'succeeded' if success else 'FAILED'})")
-    _print_batches(rows)
-    if not success:
-        failed = [r["dataset"] for r in rows if r["status"] == "failed"] or ["(see Dagster logs)"]
-        raise CliError(f"micro-batch failed for: {', '.join(failed)}")
-    return 0
+    return report_run("micro-batch", success, run_id, rows)
 
 
 def _day(text: str) -> date:
@@ -218,30 +218,9 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     if args.end < args.start:
         raise CliError(f"--end {args.end} is before --start {args.start}")
     days = (args.end - args.start).days + 1
-    print(f"backfill {args.start} .. {args.end} ({days} days), one Dagster run ...")
+    print(f"backfill {args.start} .. {args.end} ({days} days), one Dagster run ...", flush=True)
     success, run_id, rows = run_backfill_range(args.start, args.end, args.dataset, args.org)
-    print(f"backfill run {run_id} ({'succeeded' if success else 'FAILED'})")
-    _print_batches(_sum_by_dataset(rows))
-    if not success:
-        failed = sorted({r["dataset"] for r in rows if r["status"] == "failed"})
-        raise CliError(f"backfill failed for: {', '.join(failed) or '(see Dagster logs)'}")
-    return 0
-
-
-def _sum_by_dataset(rows: list[dict]) -> list[dict]:
-    """One line per dataset over a backfill's per-day ledger rows."""
-    from export_pipeline.batch import COUNT_FIELDS as counts
-
-    out: dict[str, dict] = {}
-    for r in rows:
-        agg = out.setdefault(
-            r["dataset"], {**r, **dict.fromkeys(counts, 0), "status": "succeeded", "error": None}
-        )
-        for f in counts:
-            agg[f] += r[f]
-        if r["status"] == "failed":
-            agg["status"], agg["error"] = "failed", r["error"]
-    return list(out.values())
+    return report_run(f"backfill {args.start} .. {args.end}", success, run_id, rows)
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -313,7 +292,8 @@ def _json_default(value: object) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Exits 3 when a dataset breaches the lag SLA (usable from cron or a monitor)."""
+    """Exits 3 when a dataset breaches the lag SLA or has exhausted dead letters (usable from
+    cron or a monitor)."""
     rows = dataset_status(settings)
     breached = [r["dataset"] for r in rows if r["sla_breached"]]
     if args.json:
@@ -333,10 +313,23 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 f"{'BREACHED' if r['sla_breached'] else 'ok':<8} {r['open_dead_letters']:>7,} "
                 f"{r['exhausted_dead_letters']:>9,}"
             )
-    if breached:
-        print(f"export-pipeline: lag SLA breached for: {', '.join(breached)}", file=sys.stderr)
-        return 3
-    return 0
+    exhausted = [
+        f"{r['dataset']} {r['exhausted_dead_letters']:,}"
+        for r in rows
+        if r["exhausted_dead_letters"]
+    ]
+    problems = [f"lag SLA breached for: {', '.join(breached)}"] if breached else []
+    if exhausted:
+        problems.append(
+            f"dead letters exhausted: {', '.join(exhausted)} "
+            "(`export-pipeline dead-letter list --status exhausted`)"
+        )
+    if problems:
+        print(f"export-pipeline: {'; '.join(problems)}", file=sys.stderr)
+        return terminal.ExitCode.ATTENTION
+    if not args.json:
+        print(f"ok: {len(rows)} datasets within the lag SLA, no dead letters exhausted")
+    return terminal.ExitCode.OK
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -357,9 +350,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print("3. exporting all five datasets through Dagster (job export_microbatch_job) ...")
     success, run_id, batches = run_microbatch()
-    _print_batches(batches)
-    if not success:
-        raise CliError(f"the demo export run {run_id} failed; see the errors above")
+    report_run("the demo's export", success, run_id, batches)  # raises if a dataset failed
     print("4. warehouse against source (in-scope rows = warehouse rows + dead-lettered rows):")
     with extract.connect(dsn) as src:
         in_scope = {ds.name: extract.count_in_scope(src, ds) for ds in DATASETS}

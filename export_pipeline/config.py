@@ -126,6 +126,17 @@ def dagster_home(env: Mapping[str, str] | None = None) -> Path:
     return project_path(env.get("DAGSTER_HOME"), "dagster_home")
 
 
+def ensure_dagster_home(env: Mapping[str, str] | None = None) -> Path:
+    """:func:`dagster_home`, created; one without a ``dagster.yaml`` gets the project's (sqlite
+    storage under it, one run at a time, no telemetry), so every instance behaves the same."""
+    home = dagster_home(env)
+    home.mkdir(parents=True, exist_ok=True)
+    template = PROJECT_ROOT / "dagster_home" / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and template.is_file():
+        (home / "dagster.yaml").write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
+    return home
+
+
 def _microbatch_minutes(env: Mapping[str, str]) -> int:
     raw = env.get("EXPORT_MICROBATCH_MINUTES") or "10"
     low, high = MICROBATCH_MINUTES_RANGE

@@ -29,8 +29,11 @@ from sqlalchemy.pool import NullPool
 
 from export_pipeline.config import PROJECT_ROOT
 from export_pipeline.sqlfiles import read_sql
+from export_pipeline.terminal import PROGRESS_LOGGER
 
 log = logging.getLogger(__name__)
+#: Progress of a long seed, shown by the CLI on stderr (:mod:`export_pipeline.terminal`).
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 #: The five source tables, in contract order (runs, events, companies, persons, snapshots).
 SOURCE_TABLES: Final[tuple[str, ...]] = (
@@ -288,11 +291,21 @@ def seed_source(
         # bulk load; then the same schema file restores the keys and indexes.
         _create_schema(conn)
         _run_sql_file(conn, "seed_reset_tables.sql", params)
-        for filename in _SEED_FILES:
+        for i, filename in enumerate(_SEED_FILES, 1):
+            what = filename.removeprefix("seed_").removesuffix(".sql").replace("_", " ")
+            progress.info(
+                "seeding %s (%d/%d, %.0f s so far)",
+                what,
+                i,
+                len(_SEED_FILES),
+                time.perf_counter() - started,
+            )
             _run_sql_file(conn, filename, params)
+        progress.info("restoring keys and indexes (%.0f s so far)", time.perf_counter() - started)
         _create_schema(conn)
         if violations:
             manifest = _plant_violations(conn)
+        progress.info("analyzing tables (%.0f s so far)", time.perf_counter() - started)
         _run_sql_file(conn, "seed_analyze_tables.sql", params)
         rows, out_of_scope = _count_rows(conn)
     log.info(
