@@ -127,13 +127,22 @@ def dagster_home(env: Mapping[str, str] | None = None) -> Path:
 
 
 def ensure_dagster_home(env: Mapping[str, str] | None = None) -> Path:
-    """:func:`dagster_home`, created; one without a ``dagster.yaml`` gets the project's (sqlite
-    storage under it, one run at a time, no telemetry), so every instance behaves the same."""
+    """:func:`dagster_home`, created; one without a ``dagster.yaml`` gets the project's settings
+    (one run at a time, no telemetry), so every instance behaves the same."""
     home = dagster_home(env)
     home.mkdir(parents=True, exist_ok=True)
     template = PROJECT_ROOT / "dagster_home" / "dagster.yaml"
     if not (home / "dagster.yaml").exists() and template.is_file():
-        (home / "dagster.yaml").write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
+        import yaml
+
+        settings = yaml.safe_load(template.read_text(encoding="utf-8"))
+        # Storage stays Dagster's default (sqlite under this DAGSTER_HOME, as the template's):
+        # the template names it through $DAGSTER_HOME, which not every reader of it sets.
+        settings.pop("storage", None)
+        (home / "dagster.yaml").write_text(
+            f"# Written from {template} for this DAGSTER_HOME.\n" + yaml.safe_dump(settings),
+            encoding="utf-8",
+        )
     return home
 
 
