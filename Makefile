@@ -40,6 +40,10 @@ ui: env
 		'from export_pipeline.config import ensure_dagster_home; print(ensure_dagster_home())')" && \
 	cd "$$home" && DAGSTER_HOME="$$home" $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml
 
+# The analysts' SQL shell on analytics.duckdb, with the project's DuckDB (docs/queries.md).
+sql: env
+	$(VENV)/bin/export-pipeline sql
+
 lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

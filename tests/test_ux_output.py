@@ -140,3 +140,25 @@ def test_exit_codes_are_one_table_in_the_readme_and_the_help() -> None:
     for code in ExitCode:
         assert re.search(rf"^\s+{int(code)}\s+\S", done.stdout, re.MULTILINE), code
         assert re.search(rf"^\| `{int(code)}` \|", readme, re.MULTILINE), code
+
+
+def test_seed_and_backfill_show_progress_on_stderr(env: dict) -> None:
+    """Steps that take minutes at scale must show they are moving (reconcile ran 6 min silent)."""
+    seeded = cli("source", "seed", "--scale", "0.0005", "--days", "3", env=env)
+    assert seeded.returncode == 0, seeded.stderr
+    steps = [line for line in seeded.stderr.splitlines() if line.startswith("  ... seeding")]
+    assert len(steps) == 5 and "(5/5," in steps[-1]
+    assert "ops.operation_runs" in seeded.stdout  # the summary stays on stdout
+    today = datetime.now(UTC).date()
+    start, end = (today - timedelta(days=2)).isoformat(), today.isoformat()
+    backfill = cli(
+        "backfill", "--start", start, "--end", end, "--dataset", OPERATION_EVENTS.name, env=env
+    )
+    assert backfill.returncode == 0, backfill.stderr
+    progress = [
+        line for line in backfill.stderr.splitlines() if "backfill" in line and "/3 days" in line
+    ]
+    assert [p.split("backfill ")[1][:8] for p in progress] == ["1/3 days", "2/3 days", "3/3 days"]
+    assert (
+        backfill.stdout.strip().splitlines()[-1].startswith(f"backfill {start} .. {end} succeeded")
+    )
