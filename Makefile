@@ -48,6 +48,10 @@ lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# mypy on the package, configured in pyproject.toml ([tool.mypy]).
+typecheck: env
+	$(VENV)/bin/mypy
+
 format: env
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .

@@ -76,18 +76,18 @@ def start(data_dir: Path, *, verbose: bool) -> Path | None:
         old.close()
     _state["handlers"] = []
     root.setLevel(logging.INFO)
-    path: Path | None = data_dir / "logs" / "export_pipeline.log"
+    path = data_dir / "logs" / "export_pipeline.log"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        path.parent.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = RotatingFileHandler(
             path, maxBytes=10_000_000, backupCount=3, encoding="utf-8"
         )
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         _state["handlers"].append((root, handler))
+        _state["log_path"] = path
     except OSError:  # a read-only data directory: the terminal still gets its lines
-        path = None
-    _state["log_path"] = path
+        _state["log_path"] = None
     progress.setLevel(logging.INFO)
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(logging.Formatter("  ... %(message)s"))
@@ -99,7 +99,7 @@ def start(data_dir: Path, *, verbose: bool) -> Path | None:
         console.addFilter(lambda record: not record.name.startswith(PROGRESS_LOGGER))
         root.addHandler(console)
         _state["handlers"].append((root, console))
-    return path
+    return log_path()
 
 
 def progress(message: str) -> None:

@@ -161,7 +161,9 @@ def to_frame(batch: pa_arrow.RecordBatch | pa_arrow.Table) -> pl.DataFrame:
                 [c.storage for c in column.chunks], type=column.type.storage_type
             )
         columns.append(column)
-    return pl.from_arrow(pa_arrow.Table.from_arrays(columns, names=table.column_names))
+    frame = pl.from_arrow(pa_arrow.Table.from_arrays(columns, names=table.column_names))
+    assert isinstance(frame, pl.DataFrame)  # a Table always gives a DataFrame
+    return frame
 
 
 def validate_batch(ds: Dataset, raw: pl.DataFrame, now: datetime | None = None) -> ValidatedBatch:
@@ -217,7 +219,7 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     cast = raw.select(exprs)
     if not failures:
         return cast, _empty_failures()
-    lost = (
+    lost_rows = (
         raw.with_row_index("index")
         .select("index", *failures)
         .unpivot(index="index", value_name="check")
@@ -228,7 +230,7 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             pl.lit(0, dtype=pl.Int32).alias("rank"),
         )
     )
-    return cast, lost
+    return cast, lost_rows
 
 
 def _pandera_view(ds: Dataset, cast: pl.DataFrame) -> pl.DataFrame:

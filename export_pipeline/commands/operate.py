@@ -133,9 +133,9 @@ def cmd_dead_letter_replay(args: argparse.Namespace, settings: Settings) -> int:
                 {"d": ds.name},
             )
             targets = {ds.name: [k for (k,) in keys]}
-        for name, keys in targets.items():
+        for name, letter_keys in targets.items():
             outcome = retry_dead_letters(
-                dataset(name), source_dsn=dsn, con=con, settings=settings, keys=keys
+                dataset(name), source_dsn=dsn, con=con, settings=settings, keys=letter_keys
             )
             print(
                 f"{name}: replayed {outcome.retried}: {outcome.resolved} resolved, "

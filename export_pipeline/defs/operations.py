@@ -5,6 +5,7 @@ the definitions are built (:func:`build_schedules`, called when ``defs`` is firs
 when this module is imported, and through :class:`Settings`, as every other setting.
 """
 
+from collections.abc import Mapping
 from datetime import UTC, date, timedelta
 
 import dagster as dg
@@ -51,7 +52,7 @@ def _applies(ds: Dataset, check: CheckName) -> bool:
     return True
 
 
-def _days(tags: dict[str, str], default: int) -> list[date]:
+def _days(tags: Mapping[str, str], default: int) -> list[date]:
     if RECONCILE_START_TAG in tags:
         first = date.fromisoformat(tags[RECONCILE_START_TAG])
         last = date.fromisoformat(tags.get(RECONCILE_END_TAG, tags[RECONCILE_START_TAG]))
@@ -88,7 +89,7 @@ def build_reconcile_checks(ds: Dataset) -> dg.AssetChecksDefinition:
             mine = [r for r in results if r.check == check]
             failing = [r for r in mine if not r.passed]
             repaired = [r for r in mine if "repaired" in r.details]
-            metadata = {
+            metadata: dict[str, dg.MetadataValue] = {
                 "days": dg.MetadataValue.text(f"{days[0]} .. {days[-1]}"),
                 "results": dg.MetadataValue.int(len(mine)),
                 "failing": dg.MetadataValue.int(len(failing)),
