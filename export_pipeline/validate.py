@@ -18,12 +18,11 @@ import pyarrow as pa_arrow
 
 from export_pipeline.contract import (
     FUTURE_SKEW_SECONDS,
-    NUMERIC_PRECISION,
-    NUMERIC_SCALE,
     Column,
     Dataset,
     LogicalType,
 )
+from export_pipeline.contract_types import TYPES
 from export_pipeline.redact import redact_columns
 
 DeadLetterReason = Literal[
@@ -36,15 +35,7 @@ DeadLetterReason = Literal[
 
 #: A uuid travels as its 16 bytes: PostgreSQL's binary form, read by ADBC as Arrow's
 #: ``arrow.uuid`` and staged into DuckDB's UUID as is (no text round trip on the hot path).
-POLARS_TYPES: dict[LogicalType, pl.DataType] = {
-    "uuid": pl.Binary(),
-    "text": pl.String(),
-    "int": pl.Int32(),
-    "bigint": pl.Int64(),
-    "numeric": pl.Decimal(NUMERIC_PRECISION, NUMERIC_SCALE),
-    "timestamptz": pl.Datetime("us", "UTC"),
-    "jsonb": pl.String(),
-}
+POLARS_TYPES: dict[LogicalType, pl.DataType] = {name: spec.polars for name, spec in TYPES.items()}
 
 #: What Pandera sees of each type. A uuid is seen as its null mask (see :func:`_pandera_view`):
 #: its bytes are checked by the cast, and Pandera's failure report cannot JSON-encode binary.
