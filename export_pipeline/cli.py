@@ -378,13 +378,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         f"""
 warehouse file:  {settings.warehouse_path}   (the pipeline's; it holds the write lock)
 Parquet lake:    {settings.data_dir / "lake"}/<dataset>/   (Hive-partitioned, zstd)
-for analysts:    duckdb {settings.data_dir / "analytics.duckdb"}   (views over the lake; never blocks a run)
+for analysts:    make sql   (DuckDB {_duckdb_version()} shell on {settings.data_dir / "analytics.duckdb"}; never blocks a run)
 query it:        .venv/bin/export-pipeline query "SELECT status, count(*) AS runs FROM dx_operation_runs_v1 GROUP BY ALL ORDER BY runs DESC"
 status:          .venv/bin/export-pipeline status
 reconcile:       .venv/bin/export-pipeline reconcile
 Dagster UI:      make ui   (then open http://127.0.0.1:3000; run {run_id} is in its run history)"""  # noqa: E501
     )
     return 0
+
+
+def _duckdb_version() -> str:
+    import duckdb
+
+    return duckdb.__version__
 
 
 # --- entry point ----------------------------------------------------------------------------
