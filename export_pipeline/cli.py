@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from export_pipeline import terminal
-from export_pipeline.config import ConfigError, Settings, ensure_dagster_home, redact_dsn
+from export_pipeline.config import (
+    ConfigError,
+    Settings,
+    ensure_dagster_home,
+    environment,
+    redact_dsn,
+)
 from export_pipeline.contract import DATASETS
 
 if TYPE_CHECKING:
@@ -506,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not is_transient(exc):
             return terminal.unexpected(exc)
-        one_line = " ".join(scrub(str(exc), os.environ.get("EXPORT_SOURCE_DSN")).split())
+        one_line = " ".join(scrub(str(exc), environment().get("EXPORT_SOURCE_DSN")).split())
         print(f"export-pipeline: error: {one_line}", file=sys.stderr)
         return terminal.ExitCode.FAILED
 

@@ -99,7 +99,9 @@ def dagster_failures(run_id: str) -> tuple[dict[str, str], str | None]:
         data = event.event_specific_data
         error = getattr(data, "error", None)
         root = _root_error(error) if error is not None else None
-        message = terminal.one_line(root.message if root else event.message or "failed", 300)
+        message = terminal.one_line(
+            terminal.scrub(root.message if root else event.message or "failed"), 300
+        )
         stack = error.to_string() if error is not None else (event.message or "")
         terminal.log_error(f"run {run_id} step {event.step_key or '(run)'}: {message}", stack)
         if event.event_type == dg.DagsterEventType.RUN_FAILURE:

@@ -112,9 +112,17 @@ def one_line(text: str, limit: int = 240) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def scrub(text: str) -> str:
+    """``text`` without the source DSN's password, wherever a driver put it."""
+    from export_pipeline.batch import scrub as scrub_dsn
+    from export_pipeline.config import environment
+
+    return scrub_dsn(text, environment().get("EXPORT_SOURCE_DSN"))
+
+
 def log_error(summary: str, stack: str) -> None:
-    """A failure's stack, in the log file (and on the terminal with ``--verbose``)."""
-    logging.getLogger("export_pipeline").error("%s\n%s", summary, stack.rstrip())
+    """A failure's stack, in the log file (and on the terminal with ``--verbose``), scrubbed."""
+    logging.getLogger("export_pipeline").error("%s\n%s", scrub(summary), scrub(stack.rstrip()))
 
 
 def unexpected(exc: BaseException) -> int:
@@ -124,10 +132,10 @@ def unexpected(exc: BaseException) -> int:
     where = log_path()
     hint = f" (stack trace in {where})" if where else ""
     if verbose():
-        print(stack, file=sys.stderr, end="")
+        print(scrub(stack), file=sys.stderr, end="")
+    message = one_line(scrub(str(exc)))
     print(
-        f"export-pipeline: internal error: {type(exc).__name__}: {one_line(str(exc))}{hint}",
-        file=sys.stderr,
+        f"export-pipeline: internal error: {type(exc).__name__}: {message}{hint}", file=sys.stderr
     )
     return ExitCode.INTERNAL_ERROR
 

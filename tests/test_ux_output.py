@@ -116,11 +116,15 @@ def test_exhausted_dead_letters_make_run_and_status_exit_3(env: dict) -> None:
 def test_an_unexpected_error_is_one_line_with_the_stack_in_the_log_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """A bug must still end in one line that says where the stack trace went, and exit 1."""
+    """A bug must still end in one line that says where the stack trace went, and exit 1; the
+    source password stays out of both."""
+
+    dsn = "postgresql://exporter:S3cret-Pw@db.internal:5432/dx"
 
     def boom(settings: object) -> list:
-        raise RuntimeError("boom: an unexpected bug")
+        raise RuntimeError(f"boom: an unexpected bug talking to {dsn}")
 
+    monkeypatch.setenv("EXPORT_SOURCE_DSN", dsn)
     monkeypatch.setenv("EXPORT_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("EXPORT_ENV_FILE", str(tmp_path / "no.env"))
     (tmp_path / "warehouse.duckdb").touch()
@@ -131,6 +135,7 @@ def test_an_unexpected_error_is_one_line_with_the_stack_in_the_log_file(
     assert str(tmp_path / "logs" / "export_pipeline.log") in err[0]
     log = (tmp_path / "logs" / "export_pipeline.log").read_text()
     assert "Traceback" in log and "raise RuntimeError" in log
+    assert "S3cret-Pw" not in err[0] + log  # secrets never in output or logs
 
 
 def test_exit_codes_are_one_table_in_the_readme_and_the_help() -> None:
