@@ -3,10 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
-export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: demo test test-reliability ui lint format env clean bench
+.PHONY: demo test test-reliability ui lint format env clean bench sql typecheck
 
 # uv itself: use the one on PATH, else bootstrap it with pip into .tools (no system install).
 .tools/bin/uv:
@@ -33,12 +32,25 @@ test: env
 test-reliability: env
 	$(VENV)/bin/python -m pytest -q -m reliability
 
+# DAGSTER_HOME and every setting as the CLI reads them (config.py: the project's .env under the
+# environment; a relative DAGSTER_HOME is under the project root). `dagster dev` starts in
+# DAGSTER_HOME, not here: in a directory holding a .env it loads that file over the environment.
 ui: env
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	home="$$($(VENV)/bin/python -c \
+		'from export_pipeline.config import ensure_dagster_home; print(ensure_dagster_home())')" && \
+	cd "$$home" && DAGSTER_HOME="$$home" $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml
+
+# The analysts' SQL shell on analytics.duckdb, with the project's DuckDB (docs/queries.md).
+sql: env
+	$(VENV)/bin/export-pipeline sql
 
 lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy on the package, configured in pyproject.toml ([tool.mypy]).
+typecheck: env
+	$(VENV)/bin/mypy
 
 format: env
 	$(VENV)/bin/ruff check --fix .
@@ -57,5 +69,6 @@ bench: | $(if $(shell command -v uv 2>/dev/null),,.tools/bin/uv)
 		--quiet --compile-bytecode
 	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
+# Start over (warehouse, lake, Dagster run history, embedded source): `export-pipeline reset`.
 clean:
 	rm -rf $(VENV) .tools data/*.duckdb data/*.duckdb.wal

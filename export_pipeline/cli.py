@@ -19,7 +19,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from export_pipeline.config import PROJECT_ROOT, ConfigError, Settings, redact_dsn
+from export_pipeline import terminal
+from export_pipeline.config import (
+    ConfigError,
+    Settings,
+    ensure_dagster_home,
+    environment,
+    redact_dsn,
+)
 from export_pipeline.contract import DATASETS
 
 if TYPE_CHECKING:
@@ -31,15 +38,9 @@ class CliError(RuntimeError):
 
 
 def _ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, absolute; defaults to the project's ``dagster_home/``."""
-    configured = os.environ.get("DAGSTER_HOME")
-    if configured:
-        home = Path(configured).expanduser().resolve()
-    elif (PROJECT_ROOT / "dagster_home").is_dir():
-        home = PROJECT_ROOT / "dagster_home"
-    else:
-        home = Path.home() / ".export_pipeline" / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
+    """DAGSTER_HOME, absolute (:func:`config.ensure_dagster_home`: the project's ``dagster_home/``
+    by default, a relative value under the project root), created, and exported for Dagster."""
+    home = ensure_dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -131,8 +132,15 @@ def launch(
             partition_key=partition_key,
             tags=tags,
             asset_selection=[dg.AssetKey(name) for name in datasets] if datasets else None,
-            # The instance records every event; the console shows only what is asked for.
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            # The instance records every event; the console shows only what is asked for, and
+            # nothing unless --verbose (a failure is reported by runreport, its stack logged).
+            run_config={
+                "loggers": {
+                    "console": {
+                        "config": {"log_level": log_level if terminal.verbose() else "CRITICAL"}
+                    }
+                }
+            },
         )
     return result.success, result.run_id, _ledger_for_run(result.run_id)
 
@@ -169,29 +177,23 @@ def _ledger_for_run(run_id: str) -> list[dict]:
         )
 
 
-def _print_batches(rows: list[dict]) -> None:
-    header = (
-        f"  {'dataset':<24} {'status':<9} {'extracted':>9} {'inserted':>9} {'updated':>8} "
-        f"{'unchanged':>9} {'stale':>6} {'dead':>6}"
-    )
-    print(header)
-    for r in rows:
-        print(
-            f"  {r['dataset']:<24} {r['status']:<9} {r['extracted']:>9,} {r['inserted']:>9,} "
-            f"{r['updated']:>8,} {r['unchanged']:>9,} {r['stale']:>6,} {r['dead_lettered']:>6,}"
-        )
-        if r["error"]:
-            print(f"    error: {r['error']}")
+def report_run(label: str, success: bool, run_id: str, rows: list[dict]) -> int:
+    """One line per dataset and the verdict (its exit code): :mod:`export_pipeline.runreport`."""
+    from export_pipeline import runreport
+
+    report = runreport.build(label, run_id, success, rows, Settings.from_env().warehouse_path)
+    runreport.print_lines(report)
+    code, verdict = runreport.verdict(report, success)
+    if code == terminal.ExitCode.FAILED:
+        raise CliError(verdict)
+    print(verdict, file=sys.stderr if code else sys.stdout)
+    return code
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Exits 2 when a dataset failed, 3 when dead letters are exhausted."""
     success, run_id, rows = run_microbatch()
-    print(f"micro-batch run {run_id} ({'succeeded' if success else 'FAILED'})")
-    _print_batches(rows)
-    if not success:
-        failed = [r["dataset"] for r in rows if r["status"] == "failed"] or ["(see Dagster logs)"]
-        raise CliError(f"micro-batch failed for: {', '.join(failed)}")
-    return 0
+    return report_run("micro-batch", success, run_id, rows)
 
 
 def _day(text: str) -> date:
@@ -222,30 +224,9 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     if args.end < args.start:
         raise CliError(f"--end {args.end} is before --start {args.start}")
     days = (args.end - args.start).days + 1
-    print(f"backfill {args.start} .. {args.end} ({days} days), one Dagster run ...")
+    print(f"backfill {args.start} .. {args.end} ({days} days), one Dagster run ...", flush=True)
     success, run_id, rows = run_backfill_range(args.start, args.end, args.dataset, args.org)
-    print(f"backfill run {run_id} ({'succeeded' if success else 'FAILED'})")
-    _print_batches(_sum_by_dataset(rows))
-    if not success:
-        failed = sorted({r["dataset"] for r in rows if r["status"] == "failed"})
-        raise CliError(f"backfill failed for: {', '.join(failed) or '(see Dagster logs)'}")
-    return 0
-
-
-def _sum_by_dataset(rows: list[dict]) -> list[dict]:
-    """One line per dataset over a backfill's per-day ledger rows."""
-    from export_pipeline.batch import COUNT_FIELDS as counts
-
-    out: dict[str, dict] = {}
-    for r in rows:
-        agg = out.setdefault(
-            r["dataset"], {**r, **dict.fromkeys(counts, 0), "status": "succeeded", "error": None}
-        )
-        for f in counts:
-            agg[f] += r[f]
-        if r["status"] == "failed":
-            agg["status"], agg["error"] = "failed", r["error"]
-    return list(out.values())
+    return report_run(f"backfill {args.start} .. {args.end}", success, run_id, rows)
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -317,7 +298,8 @@ def _json_default(value: object) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Exits 3 when a dataset breaches the lag SLA (usable from cron or a monitor)."""
+    """Exits 3 when a dataset breaches the lag SLA or has exhausted dead letters (usable from
+    cron or a monitor)."""
     rows = dataset_status(settings)
     breached = [r["dataset"] for r in rows if r["sla_breached"]]
     if args.json:
@@ -337,10 +319,23 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 f"{'BREACHED' if r['sla_breached'] else 'ok':<8} {r['open_dead_letters']:>7,} "
                 f"{r['exhausted_dead_letters']:>9,}"
             )
-    if breached:
-        print(f"export-pipeline: lag SLA breached for: {', '.join(breached)}", file=sys.stderr)
-        return 3
-    return 0
+    exhausted = [
+        f"{r['dataset']} {r['exhausted_dead_letters']:,}"
+        for r in rows
+        if r["exhausted_dead_letters"]
+    ]
+    problems = [f"lag SLA breached for: {', '.join(breached)}"] if breached else []
+    if exhausted:
+        problems.append(
+            f"dead letters exhausted: {', '.join(exhausted)} "
+            "(`export-pipeline dead-letter list --status exhausted`)"
+        )
+    if problems:
+        print(f"export-pipeline: {'; '.join(problems)}", file=sys.stderr)
+        return terminal.ExitCode.ATTENTION
+    if not args.json:
+        print(f"ok: {len(rows)} datasets within the lag SLA, no dead letters exhausted")
+    return terminal.ExitCode.OK
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -361,9 +356,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print("3. exporting all five datasets through Dagster (job export_microbatch_job) ...")
     success, run_id, batches = run_microbatch()
-    _print_batches(batches)
-    if not success:
-        raise CliError(f"the demo export run {run_id} failed; see the errors above")
+    report_run("the demo's export", success, run_id, batches)  # raises if a dataset failed
     print("4. warehouse against source (in-scope rows = warehouse rows + dead-lettered rows):")
     from export_pipeline.relations import source_dataset
 
@@ -395,7 +388,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         f"""
 warehouse file:  {settings.warehouse_path}   (the pipeline's; it holds the write lock)
 Parquet lake:    {settings.data_dir / "lake"}/<dataset>/   (Hive-partitioned, zstd)
-for analysts:    duckdb {settings.data_dir / "analytics.duckdb"}   (views over the lake; never blocks a run)
+for analysts:    make sql   (DuckDB {_duckdb_version()} shell on {settings.data_dir / "analytics.duckdb"}; never blocks a run)
 query it:        .venv/bin/export-pipeline query "SELECT status, count(*) AS runs FROM dx_operation_runs_v1 GROUP BY ALL ORDER BY runs DESC"
 status:          .venv/bin/export-pipeline status
 reconcile:       .venv/bin/export-pipeline reconcile
@@ -404,13 +397,27 @@ Dagster UI:      make ui   (then open http://127.0.0.1:3000; run {run_id} is in 
     return 0
 
 
+def _duckdb_version() -> str:
+    import duckdb
+
+    return duckdb.__version__
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = terminal.ArgumentParser(
         prog="export-pipeline",
         description="Export data-engine-x PostgreSQL into the DuckDB warehouse (contract v1).",
+        epilog=terminal.EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {terminal.package_version()}"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show logs and stack traces on the terminal"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -419,8 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     init = source_sub.add_parser("init", help="create the reference source schema (ops, entities)")
     init.set_defaults(func=cmd_source_init)
     seed = source_sub.add_parser("seed", help="fill the source with realistic synthetic data")
-    seed.add_argument("--scale", type=float, default=0.01, help="1 = 1M runs (default 0.01)")
-    seed.add_argument("--days", type=int, default=7, help="days of history (default 7)")
+    seed.add_argument(
+        "--scale", type=terminal.positive_float, default=0.01, help="1 = 1M runs (default 0.01)"
+    )
+    seed.add_argument(
+        "--days", type=terminal.positive_int, default=7, help="days of history (default 7)"
+    )
     seed.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     seed.add_argument(
         "--violations", action="store_true", help="plant a small known set of contract violations"
@@ -450,8 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="seed the embedded source and export it (make demo)")
-    demo.add_argument("--scale", type=float, default=0.01, help="seed scale (default 0.01)")
-    demo.add_argument("--days", type=int, default=7, help="days of history (default 7)")
+    demo.add_argument(
+        "--scale", type=terminal.positive_float, default=0.01, help="seed scale (default 0.01)"
+    )
+    demo.add_argument(
+        "--days", type=terminal.positive_int, default=7, help="days of history (default 7)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     for register in _command_modules():
@@ -475,29 +490,35 @@ def _command_modules() -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code is one of :class:`terminal.ExitCode` (``--help``)."""
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv  # accepted after the subcommand too
+    args = build_parser().parse_args([a for a in argv if a != "--verbose"])
     from export_pipeline.faults import check_crash_setting
     from export_pipeline.warehouse import WarehouseBusyError
 
     try:
         settings = Settings.from_env()
+        terminal.start(settings.data_dir, verbose=verbose)
         check_crash_setting()
         return args.func(args, settings)
     except (ConfigError, CliError, WarehouseBusyError) as exc:
-        one_line = " ".join(str(exc).split())
-        print(f"export-pipeline: error: {one_line}", file=sys.stderr)
-        return 2
+        print(f"export-pipeline: error: {terminal.one_line(str(exc), 2000)}", file=sys.stderr)
+        return terminal.ExitCode.FAILED
+    except KeyboardInterrupt:
+        print("export-pipeline: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         # The source (or the warehouse's file) unavailable, in a command that reads it directly
         # (`dead-letter replay`, `source init`, ...): one line, the DSN's password scrubbed.
         from export_pipeline.batch import is_transient, scrub
 
         if not is_transient(exc):
-            raise
-        one_line = " ".join(scrub(str(exc), os.environ.get("EXPORT_SOURCE_DSN")).split())
+            return terminal.unexpected(exc)
+        one_line = " ".join(scrub(str(exc), environment().get("EXPORT_SOURCE_DSN")).split())
         print(f"export-pipeline: error: {one_line}", file=sys.stderr)
-        return 2
+        return terminal.ExitCode.FAILED
 
 
 if __name__ == "__main__":

@@ -2,6 +2,13 @@
 
 Every variable is listed in `.env.example` and the README. A bad value fails at start with a
 one-line :class:`ConfigError` that names the variable.
+
+One way to read them, for the CLI, `make ui` and every Dagster run alike: the project's `.env`
+file (``PROJECT_ROOT/.env``, or ``EXPORT_ENV_FILE``), overridden by the process environment
+(:func:`environment`), read when settings or resources are built, never at import. Paths
+(``EXPORT_DATA_DIR``, ``DAGSTER_HOME``) default to directories of the project and a relative
+value is taken relative to the project root, so every command gives the same answer from any
+working directory.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Micro-batch schedule period bounds (the contract's cadence), and the reconcile default cron.
+MICROBATCH_MINUTES_RANGE = (5, 15)
+DEFAULT_RECONCILE_CRON = "0 3 * * *"
 
 
 class ConfigError(ValueError):
@@ -49,6 +60,9 @@ class Settings:
     source_schema: str | None = None
     #: Per-dataset relation overrides, ``(dataset name, "schema.relation")``, contract-shaped.
     source_relations: tuple[tuple[str, str], ...] = ()
+    #: Schedules: the micro-batch period (5-15 minutes) and the reconciliation's cron (UTC).
+    microbatch_minutes: int = 10
+    reconcile_cron: str = DEFAULT_RECONCILE_CRON
 
     @property
     def warehouse_path(self) -> Path:
@@ -56,11 +70,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        """Settings from ``env``; by default the project's `.env` under the process environment."""
+        env = environment() if env is None else env
         dsn = env.get("EXPORT_SOURCE_DSN") or None
         if dsn is not None:
             _check_dsn(dsn)
-        data_dir = Path(env.get("EXPORT_DATA_DIR") or "./data").expanduser().resolve()
+        data_dir = project_path(env.get("EXPORT_DATA_DIR"), "data")
         return cls(
             source_dsn=dsn,
             data_dir=data_dir,
@@ -80,7 +95,88 @@ class Settings:
             duckdb_memory_limit=_memory(env, "EXPORT_DUCKDB_MEMORY_LIMIT", "600MB"),
             source_schema=_source_schema(env),
             source_relations=_source_relations(env),
+            microbatch_minutes=_microbatch_minutes(env),
+            reconcile_cron=_cron(env, "EXPORT_RECONCILE_CRON", DEFAULT_RECONCILE_CRON),
         )
+
+
+def env_file(env: Mapping[str, str] | None = None) -> Path:
+    """The `.env` file read under the environment: ``EXPORT_ENV_FILE``, else the project's."""
+    configured = (os.environ if env is None else env).get("EXPORT_ENV_FILE")
+    return project_path(configured, ".env") if configured else PROJECT_ROOT / ".env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a `.env` file (dotenv syntax: quotes, comments, ``export``)."""
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def environment() -> dict[str, str]:
+    """The settings' source: the project's `.env`, overridden by the process environment."""
+    return {**read_env_file(env_file()), **os.environ}
+
+
+def project_path(raw: str | None, default: str) -> Path:
+    """``raw`` (else ``default``) as an absolute path; a relative one is under the project root."""
+    path = Path(raw or default).expanduser()
+    return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+
+
+def dagster_home(env: Mapping[str, str] | None = None) -> Path:
+    """DAGSTER_HOME, absolute: as configured (relative to the project root), else the project's
+    ``dagster_home/``."""
+    env = environment() if env is None else env
+    return project_path(env.get("DAGSTER_HOME"), "dagster_home")
+
+
+def ensure_dagster_home(env: Mapping[str, str] | None = None) -> Path:
+    """:func:`dagster_home`, created; one without a ``dagster.yaml`` gets the project's settings
+    (one run at a time, no telemetry), so every instance behaves the same."""
+    home = dagster_home(env)
+    home.mkdir(parents=True, exist_ok=True)
+    template = PROJECT_ROOT / "dagster_home" / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and template.is_file():
+        import yaml
+
+        settings = yaml.safe_load(template.read_text(encoding="utf-8"))
+        # Storage stays Dagster's default (sqlite under this DAGSTER_HOME, as the template's):
+        # the template names it through $DAGSTER_HOME, which not every reader of it sets.
+        settings.pop("storage", None)
+        (home / "dagster.yaml").write_text(
+            f"# Written from {template} for this DAGSTER_HOME.\n" + yaml.safe_dump(settings),
+            encoding="utf-8",
+        )
+    return home
+
+
+def _microbatch_minutes(env: Mapping[str, str]) -> int:
+    raw = env.get("EXPORT_MICROBATCH_MINUTES") or "10"
+    low, high = MICROBATCH_MINUTES_RANGE
+    if not raw.strip().isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(
+            f"EXPORT_MICROBATCH_MINUTES={raw!r} must be a whole number from {low} to {high}"
+        )
+    return int(raw)
+
+
+def _cron(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    value = " ".join(raw.split())
+    if value == default:
+        return value
+    # Dagster's own test of a schedule's cron (5 fields, no seconds, no 30 February).
+    from dagster._utils.schedules import is_valid_cron_string
+
+    if not is_valid_cron_string(value):
+        raise ConfigError(
+            f"{name}={raw!r} is not a cron schedule of 5 fields (minute hour day month weekday), "
+            "e.g. '0 3 * * *'"
+        )
+    return value
 
 
 def _number(

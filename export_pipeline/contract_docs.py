@@ -188,6 +188,9 @@ def render_dictionary(datasets: tuple[Dataset, ...] = DATASETS) -> str:
         "`$EXPORT_DATA_DIR/analytics.duckdb`. Warehouse tables also carry `_batch_id` and "
         "`_loaded_at` (the batch that last wrote the row, and when).",
         "",
+        "Example queries for DuckDB, Polars and pandas, and the DuckDB version that reads the "
+        "catalog: [queries.md](queries.md).",
+        "",
         "Rows that fail a check are not loaded: they go to `dx_dead_letter` with the reason and "
         "the names of the failed checks (e.g. `status:allowed_values`), so that nothing is lost "
         "silently and the source can be fixed.",

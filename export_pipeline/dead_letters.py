@@ -99,21 +99,48 @@ def _keys_with_status(
     return int(n)
 
 
+@dataclass(frozen=True)
+class LetterFilter:
+    """What `dead-letter list` selects; ``None`` means any."""
+
+    dataset: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    #: Letters first seen at or after this time.
+    since: datetime | None = None
+
+    def params(self) -> dict[str, object]:
+        return {
+            "dataset": self.dataset,
+            "status": self.status,
+            "reason": self.reason,
+            "since": self.since,
+        }
+
+
 def list_letters(
     con: duckdb.DuckDBPyConnection,
     dataset: str | None = None,
     status: str | None = None,
-    limit: int = 1000,
+    limit: int | None = 1000,
+    *,
+    reason: str | None = None,
+    since: datetime | None = None,
+    offset: int = 0,
 ) -> list[dict]:
+    """Dead letters, newest first (by first seen), filtered; ``limit`` None lists them all."""
+    where = LetterFilter(dataset, status, reason, since)
     return fetch_dicts(
         con,
-        "SELECT dead_letter_id, dataset, record_key, org_id, cursor_at, reason, failed_checks, "
-        "status, attempt_count, first_seen_at, last_attempt_at, next_retry_at, resolved_at, "
-        "resolution_note, row_json FROM dx_dead_letter "
-        "WHERE ($dataset IS NULL OR dataset = $dataset) AND ($status IS NULL OR status = $status) "
-        "ORDER BY first_seen_at, dataset, dead_letter_id LIMIT $limit",
-        {"dataset": dataset, "status": status, "limit": limit},
+        read_sql("warehouse", "select_dead_letters.sql"),
+        {**where.params(), "limit": limit, "offset": offset},
     )
+
+
+def count_letters(con: duckdb.DuckDBPyConnection, where: LetterFilter) -> int:
+    """How many letters ``where`` selects (the listing shows a page of them)."""
+    ((n,),) = run_sql(con, read_sql("warehouse", "count_dead_letters.sql"), where.params())
+    return int(n)
 
 
 def letter(con: duckdb.DuckDBPyConnection, dead_letter_id: str) -> dict | None:
@@ -127,11 +154,11 @@ def letter(con: duckdb.DuckDBPyConnection, dead_letter_id: str) -> dict | None:
 
 
 def resolve(con: duckdb.DuckDBPyConnection, dead_letter_id: str, note: str) -> bool:
-    """An operator's explicit decision: the letter is closed, with the reason recorded."""
+    """An operator's explicit decision: the letter is closed, with the reason recorded. Resolving
+    a resolved letter again appends the new note (each note stamped with its UTC time)."""
     rows = run_sql(
         con,
-        "UPDATE dx_dead_letter SET status = 'resolved', resolved_at = now(), "
-        "resolution_note = 'operator: ' || $note WHERE dead_letter_id = $id RETURNING 1",
+        read_sql("warehouse", "update_operator_resolution.sql"),
         {"id": dead_letter_id, "note": note},
     )
     return bool(rows)

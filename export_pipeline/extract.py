@@ -21,18 +21,13 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
 from export_pipeline.contract import Dataset, LogicalType
+from export_pipeline.contract_types import TYPES
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.validate import SchemaMismatchError
 
 #: PostgreSQL types (information_schema.data_type) each contract type may be read from.
 ACCEPTED_SOURCE_TYPES: dict[LogicalType, frozenset[str]] = {
-    "uuid": frozenset({"uuid"}),
-    "text": frozenset({"text", "character varying", "character"}),
-    "int": frozenset({"integer", "smallint"}),
-    "bigint": frozenset({"bigint", "integer", "smallint"}),
-    "numeric": frozenset({"numeric", "integer", "bigint", "smallint", "real", "double precision"}),
-    "timestamptz": frozenset({"timestamp with time zone"}),
-    "jsonb": frozenset({"jsonb", "json"}),
+    name: spec.source_types for name, spec in TYPES.items()
 }
 
 #: Separator of out-of-scope values in the session setting (a control character no value holds).
@@ -70,15 +65,7 @@ class KeySet:
 
 
 #: PostgreSQL types to read a key column from JSON as.
-_PG_KEY_TYPES: dict[LogicalType, str] = {
-    "uuid": "uuid",
-    "text": "text",
-    "int": "integer",
-    "bigint": "bigint",
-    "numeric": "numeric",
-    "timestamptz": "timestamptz",
-    "jsonb": "jsonb",
-}
+_PG_KEY_TYPES: dict[LogicalType, str] = {name: spec.postgres for name, spec in TYPES.items()}
 
 
 def quote_ident(name: str) -> str:

@@ -92,7 +92,9 @@ def _insert_from(
     for name in uuid_columns:
         i = table.schema.get_field_index(name)
         table = table.set_column(i, name, _as_arrow_uuid(table.column(i)))
-    con.from_arrow(table).query("_incoming", statement).fetchall()
+    result = con.from_arrow(table).query("_incoming", statement)
+    if result is not None:  # a statement with a result: run it to the end
+        result.fetchall()
 
 
 def _as_arrow_uuid(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -11,6 +11,7 @@ or print a DSN: a real one may carry a password.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -26,9 +27,13 @@ from typing import Any, Final
 from sqlalchemy import Connection, column, create_engine, func, select, table, text
 from sqlalchemy.pool import NullPool
 
+from export_pipeline.config import PROJECT_ROOT
 from export_pipeline.sqlfiles import read_sql
+from export_pipeline.terminal import PROGRESS_LOGGER
 
 log = logging.getLogger(__name__)
+#: Progress of a long seed, shown by the CLI on stderr (:mod:`export_pipeline.terminal`).
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 #: The five source tables, in contract order (runs, events, companies, persons, snapshots).
 SOURCE_TABLES: Final[tuple[str, ...]] = (
@@ -124,12 +129,15 @@ class SeedReport:
 
 
 def default_data_dir() -> Path:
-    """``<temp dir>/export_pipeline-<uid>/pgdata``.
+    """``<temp dir>/export_pipeline-<uid>/pgdata-<checkout>``: one embedded PostgreSQL per
+    checkout (``<checkout>`` is a short hash of the project root), so two checkouts of the same
+    user never seed, reset or stop each other's source.
 
     A temp path, not the user's cache: pgserver opens traversal permissions on every parent of
     its data directory, which under ``~/.cache`` would open the home directory to other users.
     """
-    return Path(tempfile.gettempdir()) / f"export_pipeline-{os.getuid()}" / "pgdata"
+    checkout = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"export_pipeline-{os.getuid()}" / f"pgdata-{checkout}"
 
 
 def embedded_postgres(data_dir: Path | None = None) -> str:
@@ -283,11 +291,21 @@ def seed_source(
         # bulk load; then the same schema file restores the keys and indexes.
         _create_schema(conn)
         _run_sql_file(conn, "seed_reset_tables.sql", params)
-        for filename in _SEED_FILES:
+        for i, filename in enumerate(_SEED_FILES, 1):
+            what = filename.removeprefix("seed_").removesuffix(".sql").replace("_", " ")
+            progress.info(
+                "seeding %s (%d/%d, %.0f s so far)",
+                what,
+                i,
+                len(_SEED_FILES),
+                time.perf_counter() - started,
+            )
             _run_sql_file(conn, filename, params)
+        progress.info("restoring keys and indexes (%.0f s so far)", time.perf_counter() - started)
         _create_schema(conn)
         if violations:
             manifest = _plant_violations(conn)
+        progress.info("analyzing tables (%.0f s so far)", time.perf_counter() - started)
         _run_sql_file(conn, "seed_analyze_tables.sql", params)
         rows, out_of_scope = _count_rows(conn)
     log.info(

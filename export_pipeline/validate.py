@@ -18,12 +18,11 @@ import pyarrow as pa_arrow
 
 from export_pipeline.contract import (
     FUTURE_SKEW_SECONDS,
-    NUMERIC_PRECISION,
-    NUMERIC_SCALE,
     Column,
     Dataset,
     LogicalType,
 )
+from export_pipeline.contract_types import TYPES
 from export_pipeline.redact import redact_columns
 
 DeadLetterReason = Literal[
@@ -36,15 +35,7 @@ DeadLetterReason = Literal[
 
 #: A uuid travels as its 16 bytes: PostgreSQL's binary form, read by ADBC as Arrow's
 #: ``arrow.uuid`` and staged into DuckDB's UUID as is (no text round trip on the hot path).
-POLARS_TYPES: dict[LogicalType, pl.DataType] = {
-    "uuid": pl.Binary(),
-    "text": pl.String(),
-    "int": pl.Int32(),
-    "bigint": pl.Int64(),
-    "numeric": pl.Decimal(NUMERIC_PRECISION, NUMERIC_SCALE),
-    "timestamptz": pl.Datetime("us", "UTC"),
-    "jsonb": pl.String(),
-}
+POLARS_TYPES: dict[LogicalType, pl.DataType] = {name: spec.polars for name, spec in TYPES.items()}
 
 #: What Pandera sees of each type. A uuid is seen as its null mask (see :func:`_pandera_view`):
 #: its bytes are checked by the cast, and Pandera's failure report cannot JSON-encode binary.
@@ -161,7 +152,9 @@ def to_frame(batch: pa_arrow.RecordBatch | pa_arrow.Table) -> pl.DataFrame:
                 [c.storage for c in column.chunks], type=column.type.storage_type
             )
         columns.append(column)
-    return pl.from_arrow(pa_arrow.Table.from_arrays(columns, names=table.column_names))
+    frame = pl.from_arrow(pa_arrow.Table.from_arrays(columns, names=table.column_names))
+    assert isinstance(frame, pl.DataFrame)  # a Table always gives a DataFrame
+    return frame
 
 
 def validate_batch(ds: Dataset, raw: pl.DataFrame, now: datetime | None = None) -> ValidatedBatch:
@@ -217,7 +210,7 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     cast = raw.select(exprs)
     if not failures:
         return cast, _empty_failures()
-    lost = (
+    lost_rows = (
         raw.with_row_index("index")
         .select("index", *failures)
         .unpivot(index="index", value_name="check")
@@ -228,7 +221,7 @@ def _cast(ds: Dataset, raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             pl.lit(0, dtype=pl.Int32).alias("rank"),
         )
     )
-    return cast, lost
+    return cast, lost_rows
 
 
 def _pandera_view(ds: Dataset, cast: pl.DataFrame) -> pl.DataFrame:

@@ -13,25 +13,17 @@ import duckdb
 
 from export_pipeline.contract import (
     DATASETS,
-    NUMERIC_PRECISION,
-    NUMERIC_SCALE,
     Dataset,
     LogicalType,
 )
+from export_pipeline.contract_types import TYPES
 from export_pipeline.extract import quote_ident
 from export_pipeline.sqlfiles import read_sql
 
 log = logging.getLogger(__name__)
 
-DUCKDB_TYPES: dict[LogicalType, str] = {
-    "uuid": "UUID",
-    "text": "VARCHAR",
-    "int": "INTEGER",
-    "bigint": "BIGINT",
-    "numeric": f"DECIMAL({NUMERIC_PRECISION}, {NUMERIC_SCALE})",
-    "timestamptz": "TIMESTAMPTZ",
-    "jsonb": "JSON",
-}
+#: The DuckDB type of each contract type (:mod:`export_pipeline.contract_types`).
+DUCKDB_TYPES: dict[LogicalType, str] = {name: spec.duckdb for name, spec in TYPES.items()}
 
 #: Pipeline metadata columns on every contract table (a leading underscore marks them).
 META_COLUMNS = (("_batch_id", "VARCHAR"), ("_loaded_at", "TIMESTAMPTZ"))

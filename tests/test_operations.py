@@ -563,7 +563,7 @@ def test_overlapping_writer_waits_for_the_lock_or_gives_up_naming_the_file(
 # --- status and the lag SLA ------------------------------------------------------------------
 
 
-def test_status_exits_0_when_fresh_and_3_when_the_lag_sla_is_breached(
+def test_status_exits_3_when_dead_letters_are_exhausted_or_the_lag_sla_is_breached(
     source: SourceRows, tmp_path: Path
 ) -> None:
     """`status` is what cron and monitors call: its exit code and JSON must say when the
@@ -588,7 +588,8 @@ def test_status_exits_0_when_fresh_and_3_when_the_lag_sla_is_breached(
         )
 
     fresh = cli("status", "--json", env=env)
-    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.returncode == 3, fresh.stderr  # within the SLA, but a letter is exhausted
+    assert f"dead letters exhausted: {OPERATION_EVENTS.name} 1" in fresh.stderr
     rows = {r["dataset"]: r for r in json.loads(fresh.stdout)}
     assert set(rows) == {ds.name for ds in DATASETS}
     assert not any(r["sla_breached"] for r in rows.values())

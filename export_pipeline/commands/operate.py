@@ -6,6 +6,7 @@ import argparse
 import json
 from datetime import date
 
+from export_pipeline.commands import dead_letter_list
 from export_pipeline.config import Settings
 from export_pipeline.contract import dataset
 
@@ -28,11 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     letters = sub.add_parser("dead-letter", help="list, replay or resolve dead letters")
     letters_sub = letters.add_subparsers(dest="dead_letter_command", required=True)
-    listing = letters_sub.add_parser("list", help="dead letters, newest last")
-    listing.add_argument("--dataset", type=dataset_name, help="a contract dataset name")
-    listing.add_argument("--status", choices=["open", "resolved", "exhausted"])
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
-    listing.set_defaults(func=cmd_dead_letter_list)
+    listing = letters_sub.add_parser("list", help="dead letters, newest first, a page at a time")
+    dead_letter_list.add_arguments(listing)
+    listing.set_defaults(func=dead_letter_list.cmd_dead_letter_list)
     replay = letters_sub.add_parser("replay", help="re-read from the source and re-validate now")
     target = replay.add_mutually_exclusive_group(required=True)
     target.add_argument("--id", help="one dead letter")
@@ -40,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dataset", type=dataset_name, help="every open or exhausted letter of a dataset"
     )
     replay.set_defaults(func=cmd_dead_letter_replay)
-    resolve = letters_sub.add_parser("resolve", help="close a letter: an operator's decision")
+    resolve = letters_sub.add_parser(
+        "resolve", help="close a letter: an operator's decision (again: the note is appended)"
+    )
     resolve.add_argument("--id", required=True, help="the dead letter id")
     resolve.add_argument("--note", required=True, help="why (recorded with the letter)")
     resolve.set_defaults(func=cmd_dead_letter_resolve)
@@ -111,26 +112,6 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_dead_letter_list(args: argparse.Namespace, settings: Settings) -> int:
-    from export_pipeline.cli import _json_default
-    from export_pipeline.dead_letters import list_letters
-    from export_pipeline.warehouse import open_warehouse
-
-    with open_warehouse(settings.warehouse_path, lock_timeout_seconds=60) as con:
-        rows = list_letters(con, args.dataset, args.status)
-    if args.json:
-        print(json.dumps(rows, default=_json_default, indent=2))
-        return 0
-    print(f"  {'id':<32} {'dataset':<24} {'reason':<20} {'status':<9} {'tries':>5}  checks")
-    for r in rows:
-        print(
-            f"  {r['dead_letter_id']:<32} {r['dataset']:<24} {r['reason']:<20} "
-            f"{r['status']:<9} {r['attempt_count']:>5}  {','.join(r['failed_checks'])}"
-        )
-    print(f"{len(rows)} dead letters")
-    return 0
-
-
 def cmd_dead_letter_replay(args: argparse.Namespace, settings: Settings) -> int:
     from export_pipeline.cli import CliError, _source_dsn
     from export_pipeline.dead_letters import letter, retry_dead_letters
@@ -152,9 +133,9 @@ def cmd_dead_letter_replay(args: argparse.Namespace, settings: Settings) -> int:
                 {"d": ds.name},
             )
             targets = {ds.name: [k for (k,) in keys]}
-        for name, keys in targets.items():
+        for name, letter_keys in targets.items():
             outcome = retry_dead_letters(
-                dataset(name), source_dsn=dsn, con=con, settings=settings, keys=keys
+                dataset(name), source_dsn=dsn, con=con, settings=settings, keys=letter_keys
             )
             print(
                 f"{name}: replayed {outcome.retried}: {outcome.resolved} resolved, "

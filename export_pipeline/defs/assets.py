@@ -1,5 +1,6 @@
 """One warehouse asset per contract dataset, its source as an external spec, and its checks."""
 
+import logging
 import warnings
 from datetime import date
 
@@ -11,6 +12,7 @@ from export_pipeline.config import Settings
 from export_pipeline.contract import DATASETS, Dataset
 from export_pipeline.dead_letters import exhausted_count, retry_dead_letters
 from export_pipeline.defs.resources import ExportResource
+from export_pipeline.terminal import PROGRESS_LOGGER
 from export_pipeline.validate import SchemaMismatchError
 
 #: Blocking: fails when a dataset's batch is rejected as a whole (schema mismatch).
@@ -98,11 +100,13 @@ def _export(
     first, last = date.fromisoformat(window.start), date.fromisoformat(window.end)
 
     def progress(done: int, total: int, result: BatchResult) -> None:
-        context.log.info(
+        message = (
             f"{ds.name} backfill {done}/{total} days ({result.window_end.date()}): "
             f"extracted {result.extracted}, inserted {result.inserted}, "
             f"updated {result.updated}, dead-lettered {result.dead_lettered}"
         )
+        context.log.info(message)
+        logging.getLogger(PROGRESS_LOGGER).info(message)  # the CLI's progress lines
 
     return run_backfill(
         ds,

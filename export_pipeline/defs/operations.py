@@ -1,11 +1,16 @@
-"""Operating the pipeline: reconciliation checks, their job, and the two schedules."""
+"""Operating the pipeline: reconciliation checks, their job, and the two schedules.
 
-import os
+The schedules' settings (``EXPORT_MICROBATCH_MINUTES``, ``EXPORT_RECONCILE_CRON``) are read when
+the definitions are built (:func:`build_schedules`, called when ``defs`` is first looked up), not
+when this module is imported, and through :class:`Settings`, as every other setting.
+"""
+
+from collections.abc import Mapping
 from datetime import UTC, date, timedelta
 
 import dagster as dg
 
-from export_pipeline.config import ConfigError
+from export_pipeline.config import Settings
 from export_pipeline.contract import DATASETS, Dataset
 from export_pipeline.defs.assets import export_microbatch_job
 from export_pipeline.defs.liveness import reap_dead_runs
@@ -47,7 +52,7 @@ def _applies(ds: Dataset, check: CheckName) -> bool:
     return True
 
 
-def _days(tags: dict[str, str], default: int) -> list[date]:
+def _days(tags: Mapping[str, str], default: int) -> list[date]:
     if RECONCILE_START_TAG in tags:
         first = date.fromisoformat(tags[RECONCILE_START_TAG])
         last = date.fromisoformat(tags.get(RECONCILE_END_TAG, tags[RECONCILE_START_TAG]))
@@ -84,7 +89,7 @@ def build_reconcile_checks(ds: Dataset) -> dg.AssetChecksDefinition:
             mine = [r for r in results if r.check == check]
             failing = [r for r in mine if not r.passed]
             repaired = [r for r in mine if "repaired" in r.details]
-            metadata = {
+            metadata: dict[str, dg.MetadataValue] = {
                 "days": dg.MetadataValue.text(f"{days[0]} .. {days[-1]}"),
                 "results": dg.MetadataValue.int(len(mine)),
                 "failing": dg.MetadataValue.int(len(failing)),
@@ -130,21 +135,10 @@ reconcile_job = dg.define_asset_job(
 
 def microbatch_minutes() -> int:
     """EXPORT_MICROBATCH_MINUTES (5-15, default 10): the micro-batch schedule's period."""
-    raw = os.environ.get("EXPORT_MICROBATCH_MINUTES", "10")
-    if not raw.isdigit() or not 5 <= int(raw) <= 15:
-        raise ConfigError(f"EXPORT_MICROBATCH_MINUTES={raw!r} must be a whole number from 5 to 15")
-    return int(raw)
+    return Settings.from_env().microbatch_minutes
 
 
-@dg.schedule(
-    name="export_microbatch_schedule",
-    cron_schedule=f"*/{microbatch_minutes()} * * * *",
-    job=export_microbatch_job,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Micro-batch every EXPORT_MICROBATCH_MINUTES (default 10) minutes.",
-)
-def export_microbatch_schedule(context: dg.ScheduleEvaluationContext):
+def _microbatch_schedule(context: dg.ScheduleEvaluationContext):
     """Skips, saying why, while the previous micro-batch is still queued or running.
 
     A run whose worker process died is first marked failed (:mod:`.liveness`), so a crash never
@@ -173,18 +167,45 @@ def export_microbatch_schedule(context: dg.ScheduleEvaluationContext):
     return dg.RunRequest(partition_key=day)
 
 
-reconcile_schedule = dg.ScheduleDefinition(
-    name="reconcile_schedule",
-    cron_schedule=os.environ.get("EXPORT_RECONCILE_CRON", "0 3 * * *"),
-    job=reconcile_job,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Daily reconciliation of the trailing EXPORT_RECONCILE_DAYS days (default 3), "
-    "off-peak (EXPORT_RECONCILE_CRON, default 03:00 UTC).",
-)
+def build_schedules(
+    settings: Settings | None = None,
+) -> tuple[dg.ScheduleDefinition, dg.ScheduleDefinition]:
+    """The micro-batch and reconciliation schedules, from the settings read now."""
+    settings = Settings.from_env() if settings is None else settings
+    microbatch = dg.schedule(
+        name="export_microbatch_schedule",
+        cron_schedule=f"*/{settings.microbatch_minutes} * * * *",
+        job=export_microbatch_job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Micro-batch every EXPORT_MICROBATCH_MINUTES (default 10) minutes.",
+    )(_microbatch_schedule)
+    reconcile = dg.ScheduleDefinition(
+        name="reconcile_schedule",
+        cron_schedule=settings.reconcile_cron,
+        job=reconcile_job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Daily reconciliation of the trailing EXPORT_RECONCILE_DAYS days (default 3), "
+        "off-peak (EXPORT_RECONCILE_CRON, default 03:00 UTC).",
+    )
+    return microbatch, reconcile
 
-defs = dg.Definitions(
-    asset_checks=RECONCILE_CHECK_DEFS,
-    jobs=[reconcile_job],
-    schedules=[export_microbatch_schedule, reconcile_schedule],
-)
+
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        asset_checks=RECONCILE_CHECK_DEFS,
+        jobs=[reconcile_job],
+        schedules=list(build_schedules(settings)),
+    )
+
+
+def __getattr__(name: str) -> object:
+    """``defs`` and the two schedules, built from the settings when first looked up (PEP 562):
+    importing this module (for its tags, say) reads no setting."""
+    if name == "defs":
+        return build_defs()
+    if name in ("export_microbatch_schedule", "reconcile_schedule"):
+        microbatch, reconcile = build_schedules()
+        return microbatch if name == "export_microbatch_schedule" else reconcile
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
