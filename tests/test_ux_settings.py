@@ -91,11 +91,17 @@ def test_env_example_lists_every_setting_with_the_codes_defaults() -> None:
         match = re.match(r"^([A-Z_]+)=(.*)$", line)
         if match:
             example[match.group(1)] = match.group(2).strip().strip('"')
-    example.pop("EXPORT_SOURCE_DSN")  # an example of a real URL, not a default
-    assert Settings.from_env(example) == Settings.from_env({})
+    # Examples of a real URL and of a relation mapping, not defaults (unset means the default).
+    examples = {"EXPORT_SOURCE_DSN", "EXPORT_SOURCE_SCHEMA"}
+    defaults = {
+        k: v
+        for k, v in example.items()
+        if k not in examples and not k.startswith("EXPORT_SOURCE_RELATION_")
+    }
+    assert Settings.from_env(defaults) == Settings.from_env({})
     in_code = set(
         re.findall(r'"(EXPORT_[A-Z_]+)"', (REPO / "export_pipeline/config.py").read_text())
-    )
+    ) - {"EXPORT_SOURCE_RELATION_"}  # a prefix: EXPORT_SOURCE_RELATION_<DATASET>, in the README
     readme = (REPO / "README.md").read_text()
     assert in_code - {"EXPORT_ENV_FILE"} <= set(example) | {"EXPORT_SOURCE_DSN"}
     assert {name for name in in_code if f"`{name}`" not in readme} == set()
