@@ -44,6 +44,10 @@ class Settings:
     dead_letter_max_attempts: int = 5
     #: DuckDB's buffer pool for the pipeline's writes; beyond it, DuckDB spills to disk.
     duckdb_memory_limit: str = "600MB"
+    #: Our own limits on every source session (source_session.SessionLimits; 0 = none).
+    source_connect_timeout_seconds: float = 10.0
+    source_statement_timeout_seconds: float = 3600.0
+    source_lock_timeout_seconds: float = 30.0
 
     @property
     def warehouse_path(self) -> Path:
@@ -73,6 +77,26 @@ class Settings:
                 _number(env, "EXPORT_DEAD_LETTER_MAX_ATTEMPTS", 5, minimum=1, integer=True)
             ),
             duckdb_memory_limit=_memory(env, "EXPORT_DUCKDB_MEMORY_LIMIT", "600MB"),
+            source_connect_timeout_seconds=_number(
+                env, "EXPORT_SOURCE_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=1
+            ),
+            source_statement_timeout_seconds=_number(
+                env, "EXPORT_SOURCE_STATEMENT_TIMEOUT_SECONDS", 3600.0
+            ),
+            source_lock_timeout_seconds=_number(env, "EXPORT_SOURCE_LOCK_TIMEOUT_SECONDS", 30.0),
+        )
+
+    def source_session_dsn(self, dsn: str) -> str:
+        """``dsn`` with these settings' session limits, read-only options and name."""
+        from export_pipeline.source_session import SessionLimits, session_uri
+
+        return session_uri(
+            dsn,
+            SessionLimits(
+                connect_timeout_seconds=self.source_connect_timeout_seconds,
+                statement_timeout_seconds=self.source_statement_timeout_seconds,
+                lock_timeout_seconds=self.source_lock_timeout_seconds,
+            ),
         )
 
 

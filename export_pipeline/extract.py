@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
+from export_pipeline import source_session
 from export_pipeline.contract import Dataset, LogicalType
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.validate import SchemaMismatchError
@@ -121,10 +122,9 @@ def _close_quietly(conn: adbc.Connection) -> None:
 
 
 def _alive(conn: adbc.Connection) -> bool:
+    """Alive, and its new transaction guarded read-only (one round trip for both)."""
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            cur.fetchall()
+        source_session.guard(conn)
         return True
     except Exception:
         return False
@@ -138,12 +138,21 @@ def connect(dsn: str) -> Iterator[adbc.Connection]:
     micro-batch per dataset. Between batches the connection is rolled back, so it holds no
     snapshot or lock on the source; a connection that broke (source restarted, backend killed)
     is closed and replaced, and one that saw an error is never reused.
+
+    Every session is read-only, RLS-strict, named and bounded by timeouts
+    (:mod:`export_pipeline.source_session`); each use starts with a guarded transaction.
     """
     conn = _idle.by_dsn.pop(dsn, None)
     if conn is not None and not _alive(conn):
         _close_quietly(conn)
         conn = None
-    conn = conn or adbc.connect(dsn)
+    if conn is None:
+        conn = source_session.connect_interruptibly(adbc.connect, source_session.session_uri(dsn))
+        try:
+            source_session.guard(conn)
+        except BaseException:
+            _close_quietly(conn)
+            raise
     try:
         yield conn
         conn.rollback()

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS _export_batches (
     error         VARCHAR
 );
 
+-- Why a micro-batch window ended before now - safety lag (an open source transaction, a standby
+-- behind), or what could not be checked; added in place to ledgers of earlier releases.
+ALTER TABLE _export_batches ADD COLUMN IF NOT EXISTS window_note VARCHAR;
+
 -- Per dataset: the cursor up to which the micro-batch has read (minus the lookback on re-read).
 CREATE TABLE IF NOT EXISTS _export_watermarks (
     dataset    VARCHAR PRIMARY KEY,
