@@ -410,3 +410,11 @@ def read_horizon(conn: Any) -> Horizon:
         blind_spot=blind,
         standby=False,
     )
+
+
+def is_source_error(exc: BaseException) -> bool:
+    """An error the source or its driver raised (worth one line to a user, not a traceback)."""
+    if isinstance(exc, SchemaMismatchError | TimeoutError | ConnectionError):
+        return True
+    module = type(exc).__module__
+    return module.startswith(("adbc_driver", "psycopg", "sqlalchemy"))
