@@ -158,10 +158,10 @@ def _run_dataset_batch_once(
     run_sql(con, "BEGIN TRANSACTION")
     try:
         with extract.connect(source_dsn) as src:
-            extract.check_source_schema(src, ds)
             source_session.check_readable(
                 src, ds.source_table, [c.source_name for c in ds.source_columns], ds.name
             )
+            extract.check_source_schema(src, ds)
             now = extract.source_now(src)
             if window is None:
                 horizon = source_session.read_horizon(src)

@@ -351,10 +351,10 @@ def _dataset_line(ds: Dataset, con: Any, src: Any, settings: Settings) -> dict:
     }
     try:
         ((line["rows"],),) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchall()
-        extract.check_source_schema(src, ds)
         source_session.check_readable(
             src, ds.source_table, [c.source_name for c in ds.source_columns], ds.name
         )
+        extract.check_source_schema(src, ds)
         lag = lag_check(ds, src, con, settings, datetime.now(UTC).date())
     except Exception as exc:
         from export_pipeline.batch import is_transient

@@ -216,6 +216,9 @@ _TRANSIENT_MARKERS = (
     "does not allow connections",
     "too many clients",
     "canceling statement due to conflict with recovery",
+    "ssl syscall error",
+    "ssl connection has been closed unexpectedly",
+    "eof detected",
 )
 
 
