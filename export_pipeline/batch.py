@@ -173,7 +173,7 @@ def _run_dataset_batch_once(
             load.create_stage(con, ds)
             staged = 0
             stream = extract.extract_window(src, ds, window, settings.batch_size)
-            for record_batch in extract.prefetch(stream):
+            for record_batch in extract.prefetch(stream, cancel=src.adbc_cancel):
                 checked = validate.validate_batch(ds, validate.to_frame(record_batch), now)
                 load.stage_rows(con, ds, checked.valid, staged)
                 load.stage_dead_letters(con, checked.dead_letters)
@@ -385,6 +385,8 @@ def _record_failure(
     )
     try:
         error = scrub(f"{type(exc).__name__}: {exc}", None)
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: Dagster's interrupt has no text
+            error = f"{type(exc).__name__}: interrupted (Ctrl-C or SIGTERM); rolled back"
         _record_batch(con, failed, run_id, started_at, "failed", error)
     except duckdb.Error:
         pass

@@ -10,7 +10,9 @@ import argparse
 import fcntl
 import json
 import os
+import signal
 import sys
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -559,8 +561,20 @@ def _command_modules() -> list:
     return registers
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops a command the way Ctrl-C does: the batch in flight rolls back (watermark
+    unmoved), DuckDB's lock is released, and Dagster records the run as failed."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    _stop_on_sigterm()
     args = build_parser().parse_args(argv)
     from export_pipeline.faults import check_crash_setting
     from export_pipeline.warehouse import WarehouseBusyError

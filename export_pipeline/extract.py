@@ -12,7 +12,7 @@ import atexit
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -327,11 +327,17 @@ def source_max_cursor(conn: adbc.Connection, ds: Dataset) -> datetime | None:
 _DONE = object()
 
 
-def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+def prefetch(
+    batches: Iterator[pa.RecordBatch],
+    depth: int = 2,
+    cancel: Callable[[], None] | None = None,
+) -> Iterator[pa.RecordBatch]:
     """Read ``batches`` in a background thread, at most ``depth`` ahead of the consumer.
 
     The source streams (ADBC releases the GIL) while the caller validates and loads the
     previous batch. Errors surface in the caller; if the caller stops early, the reader stops.
+    If the reader is stuck in the source (a lock wait, a slow query) when the caller stops
+    (an error, Ctrl-C, SIGTERM), ``cancel`` cancels the statement instead of waiting for it.
     """
     chunks: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -367,9 +373,16 @@ def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.R
             yield item
     finally:
         stop.set()
+        waited = 0
         while reader.is_alive():
             try:
                 chunks.get(timeout=0.1)
             except queue.Empty:
                 pass
             reader.join(timeout=0.1)
+            waited += 1
+            if waited == 5 and cancel is not None:
+                try:
+                    cancel()
+                except Exception:  # nothing to cancel, or the connection is gone
+                    pass
