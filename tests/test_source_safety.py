@@ -549,3 +549,41 @@ def test_status_says_the_window_is_held_back_by_an_open_transaction(
         out = capsys.readouterr().out
     assert "window held back: a transaction open since" in out
     assert "producer_worker" in out
+
+
+def test_dagster_shows_the_dataset_rls_blinds_with_its_fix_and_last_good_state(
+    admin: Any,
+    reader: str,
+    source_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In the UI the failing dataset must say what is wrong and how to fix it, with its last
+    good state, while the other datasets export."""
+    import dagster as dg
+
+    from export_pipeline.definitions import defs
+    from export_pipeline.defs.assets import BATCH_FITS_CONTRACT
+
+    admin.execute("ALTER TABLE ops.operation_runs ENABLE ROW LEVEL SECURITY")
+    monkeypatch.setenv("EXPORT_SOURCE_DSN", reader)
+    monkeypatch.setenv("EXPORT_DATA_DIR", str(tmp_path / "data"))
+    job = defs.resolve_job_def("export_microbatch_job")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, partition_key="2026-01-01"
+        )
+    assert not result.success
+    failed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
+    assert failed == {OPERATION_RUNS.name}
+    (evaluation,) = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.to_user_string() == OPERATION_RUNS.name
+        and e.check_name == BATCH_FITS_CONTRACT
+    ]
+    assert not evaluation.passed
+    assert "BYPASSRLS" in evaluation.metadata["error"].value
+    (materialization,) = result.asset_materializations_for_node(OPERATION_RUNS.name)
+    assert "row-level security" in materialization.metadata["rejected"].value
+    assert materialization.metadata["last_success_at"].value == "never"
