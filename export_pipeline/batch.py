@@ -25,6 +25,7 @@ from export_pipeline.config import Settings, redact_dsn
 from export_pipeline.contract import DUAL_PUBLISH, Dataset
 from export_pipeline.extract import KeySet, Window
 from export_pipeline.faults import crash_point
+from export_pipeline.freshness import write_freshness
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.warehouse import ensure_schema, get_watermark, run_sql
 
@@ -241,7 +242,9 @@ def _run_dataset_batch_once(
     except BaseException as exc:
         _rollback(con)
         _record_failure(con, ds, batch_id, run_id, mode, window, started_at, t0, exc)
+        write_freshness(con, settings.data_dir)
         raise
+    write_freshness(con, settings.data_dir)
     return _with_position(con, ds, result, now)
 
 

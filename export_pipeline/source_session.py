@@ -297,9 +297,9 @@ def _rls_problem(cur: Any, relation: str, role: str | None, depth: int) -> str |
         )
         return (
             f"row-level security is enabled on {rel.name} and role {rel.checker}{via} is "
-            f"neither its owner nor BYPASSRLS: rows may be silently hidden. Fix: read through "
-            f"export views created by the table's owner ({rel.owner}) and GRANT SELECT on them, "
-            f"or ALTER ROLE {rel.checker} BYPASSRLS"
+            f"neither its owner nor BYPASSRLS: rows may be silently hidden. Fix: read "
+            f"through export views created by the owner of the table ({rel.owner}) and "
+            f"GRANT SELECT on them, or ALTER ROLE {rel.checker} BYPASSRLS"
         )
     if rel.kind == "v":
         reader = role if rel.security_invoker else rel.owner

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import adbc_driver_postgresql.dbapi as adbc
+import duckdb
 import psycopg
 import pytest
 from psycopg import sql
@@ -587,3 +588,44 @@ def test_dagster_shows_the_dataset_rls_blinds_with_its_fix_and_last_good_state(
     (materialization,) = result.asset_materializations_for_node(OPERATION_RUNS.name)
     assert "row-level security" in materialization.metadata["rejected"].value
     assert materialization.metadata["last_success_at"].value == "never"
+
+
+def test_analysts_see_a_failing_dataset_in_the_freshness_view_with_its_last_good_state(
+    admin: Any, source_dsn: str, tmp_path: Path
+) -> None:
+    """Analysts read the lake, not the pipeline's logs: a dataset that stopped exporting must
+    show there, with when it last succeeded and why it fails, even if no publish ran since."""
+    from export_pipeline import analytics
+
+    settings = _settings(tmp_path)
+    with open_warehouse(settings.warehouse_path) as con:
+        for ds in (OPERATION_RUNS, OPERATION_EVENTS):
+            run_dataset_batch(ds, source_dsn=source_dsn, con=con, settings=settings)
+    analytics.refresh_catalog(settings.data_dir)
+    admin.execute("DROP TABLE ops.operation_events CASCADE")
+    with open_warehouse(settings.warehouse_path) as con:
+        with pytest.raises(Exception, match="does not exist"):
+            run_dataset_batch(OPERATION_EVENTS, source_dsn=source_dsn, con=con, settings=settings)
+    # No publish since the failure: the same catalog already shows it.
+    columns, rows = analytics.run_query(
+        settings.data_dir, "SELECT * FROM dx_export_freshness ORDER BY dataset"
+    )
+    view = {r["dataset"]: r for r in (dict(zip(columns, row, strict=True)) for row in rows)}
+    assert set(view) == {OPERATION_RUNS.name, OPERATION_EVENTS.name}
+    failing = view[OPERATION_EVENTS.name]
+    assert "ops.operation_events does not exist" in failing["last_error"]
+    assert failing["last_batch_status"] == "failed"
+    assert failing["failing_since"] > failing["last_success_at"]
+    assert failing["watermark"] is not None and failing["lag"] is not None
+    healthy = view[OPERATION_RUNS.name]
+    assert healthy["last_error"] is None and healthy["failing_since"] is None
+    # The catalog file an analyst keeps open shows the same.
+    catalog = duckdb.connect(str(analytics.analytics_path(settings.data_dir)), read_only=True)
+    try:
+        ((error,),) = catalog.execute(
+            "SELECT last_error FROM dx_export_freshness WHERE dataset = $d",
+            {"d": OPERATION_EVENTS.name},
+        ).fetchall()
+    finally:
+        catalog.close()
+    assert "ops.operation_events does not exist" in error
