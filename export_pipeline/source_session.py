@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -68,9 +68,11 @@ DEFAULT_LIMITS = SessionLimits()
 def session_uri(dsn: str, limits: SessionLimits = DEFAULT_LIMITS) -> str:
     """``dsn`` with the session's name, timeouts, keepalives and read-only options added.
 
-    Parameters the DSN already sets (``connect_timeout``, ``keepalives_idle``,
-    ``application_name``, ...) are kept; the read-only and ``row_security`` options are always
-    added after the DSN's own ``options``, so they win. Idempotent.
+    Parameters the DSN already sets (``connect_timeout``, ``keepalives_idle``, ...) are kept;
+    an ``application_name`` it sets becomes ``export_pipeline[<name>]`` (the window's horizon
+    leaves out sessions named ``export_pipeline...``: they are read-only); the read-only and
+    ``row_security`` options are always added after the DSN's own ``options``, so they win.
+    Idempotent.
     """
     parts = urlsplit(dsn)
     params = parse_qsl(parts.query, keep_blank_values=True)
@@ -78,8 +80,8 @@ def session_uri(dsn: str, limits: SessionLimits = DEFAULT_LIMITS) -> str:
     options = dict(params).get("options", "")
     if _READ_ONLY_OPTION in options:
         return dsn
+    own_name = dict(params).get("application_name")
     defaults = {
-        "application_name": APPLICATION_NAME,
         "connect_timeout": str(max(1, round(limits.connect_timeout_seconds))),
         "keepalives": "1",
         "keepalives_idle": "30",
@@ -97,10 +99,13 @@ def session_uri(dsn: str, limits: SessionLimits = DEFAULT_LIMITS) -> str:
             f"{round(limits.idle_in_transaction_timeout_seconds * 1000)}",
         ]
     )
-    kept = [(k, v) for k, v in params if k != "options"]
+    name = f"{APPLICATION_NAME}[{own_name}]" if own_name else APPLICATION_NAME
+    kept = [(k, v) for k, v in params if k not in ("options", "application_name")]
     added = [(k, v) for k, v in defaults.items() if k not in given]
     query = urlencode(
-        [*kept, *added, ("options", f"{options} {ours}".strip())], safe="/", quote_via=quote
+        [*kept, ("application_name", name), *added, ("options", f"{options} {ours}".strip())],
+        safe="/",
+        quote_via=quote,
     )
     return urlunsplit(parts._replace(query=query))
 
@@ -388,7 +393,9 @@ def read_horizon(conn: Any) -> Horizon:
             paused = " (replay is paused)" if replay_paused else ""
             until = replayed_until.isoformat() if replayed_until else "never"
             return Horizon(
-                bound=replayed_until - _TICK if replayed_until else datetime.min,
+                bound=replayed_until - _TICK
+                if replayed_until
+                else datetime.min.replace(tzinfo=UTC),
                 held_back=f"standby has replayed commits only up to {until}{paused}",
                 blind_spot=None,
                 standby=True,

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import adbc_driver_postgresql.dbapi as adbc
 import duckdb
@@ -103,6 +103,23 @@ def test_every_source_session_is_read_only_named_and_bounded(admin: Any, source_
         with pytest.raises(Exception, match="read-only transaction"):
             cur.execute("CREATE TABLE ops.intruder (id int)")
     assert admin.execute("SELECT to_regclass('ops.intruder')").fetchone() == (None,)
+
+
+def test_session_options_keep_the_dsns_own_parameters_and_are_added_once() -> None:
+    """A DBA's connect_timeout, TLS mode or options must survive; the read-only options must
+    always be there (after the DSN's own, so they win), and adding them twice changes nothing."""
+    dsn = (
+        "postgresql://exporter:pw@db.internal:6543/prod?sslmode=require&connect_timeout=3"
+        "&application_name=etl&options=-c%20search_path%3Dexport"
+    )
+    session = source_session.session_uri(dsn)
+    params = dict(parse_qsl(urlsplit(session).query))
+    assert params["sslmode"] == "require" and params["connect_timeout"] == "3"
+    assert params["application_name"] == "export_pipeline[etl]"
+    assert params["options"].startswith("-c search_path=export -c default_transaction_read_only=on")
+    assert "-c row_security=off" in params["options"]
+    assert urlsplit(session).netloc == "exporter:pw@db.internal:6543"
+    assert source_session.session_uri(session) == session
 
 
 def test_the_per_transaction_guard_holds_where_a_pooler_drops_startup_options(
