@@ -331,6 +331,19 @@ def _record_batch(
     status: str,
     error: str | None,
 ) -> None:
+    finished_at = datetime.now(UTC)
+    run_sql(
+        con,
+        read_sql("warehouse", "merge_export_freshness.sql"),
+        {
+            "dataset": r.dataset,
+            "status": status,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "error": error,
+            "window_note": r.window_note,
+        },
+    )
     run_sql(
         con,
         read_sql("warehouse", "insert_batch.sql"),
@@ -348,7 +361,7 @@ def _record_batch(
             "stale": r.stale,
             "dead_lettered": r.dead_lettered,
             "started_at": started_at,
-            "finished_at": datetime.now(UTC),
+            "finished_at": finished_at,
             "duration_ms": r.duration_ms,
             "status": status,
             "error": error,

@@ -290,8 +290,10 @@ def rls_hides_rows(conn: Any, relation: str) -> str | None:
         return _rls_problem(cur, relation, None, depth=0)
 
 
-def _rls_problem(cur: Any, relation: str, role: str | None, depth: int) -> str | None:
-    rel = _relation(cur, relation, role)
+def _rls_problem(
+    cur: Any, relation: str, role: str | None, depth: int, rel: _Relation | None = None
+) -> str | None:
+    rel = rel or _relation(cur, relation, role)
     if rel is None or depth > 8:
         return None
     if rel.kind in ("r", "p") and _rls_applies(rel):
@@ -334,7 +336,7 @@ def access_problem(conn: Any, relation: str, columns: Sequence[str]) -> str | No
                     f"(columns {', '.join(missing)}). Fix: GRANT SELECT ON {rel.name} "
                     f"TO {rel.checker}"
                 )
-        return _rls_problem(cur, relation, None, depth=0)
+        return _rls_problem(cur, relation, None, depth=0, rel=rel)
 
 
 def check_readable(conn: Any, relation: str, columns: Sequence[str], dataset: str) -> None:
