@@ -15,6 +15,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -646,3 +647,39 @@ def test_analysts_see_a_failing_dataset_in_the_freshness_view_with_its_last_good
     finally:
         catalog.close()
     assert "ops.operation_events does not exist" in error
+
+
+def test_a_warehouse_of_the_previous_release_gains_the_window_note_and_its_freshness(
+    tmp_path: Path,
+) -> None:
+    """Existing ledgers must keep working: the new column is added in place and the freshness
+    state is filled from the ledger, so analysts see the last good state from the first run."""
+    from export_pipeline.warehouse import ensure_schema
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(
+        "CREATE TABLE _export_batches (batch_id VARCHAR PRIMARY KEY, dataset VARCHAR NOT NULL, "
+        "run_id VARCHAR, mode VARCHAR NOT NULL, window_start TIMESTAMPTZ, window_end TIMESTAMPTZ "
+        "NOT NULL, extracted BIGINT NOT NULL, inserted BIGINT NOT NULL, updated BIGINT NOT NULL, "
+        "unchanged BIGINT NOT NULL, stale BIGINT NOT NULL, dead_lettered BIGINT NOT NULL, "
+        "started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ NOT NULL, duration_ms BIGINT "
+        "NOT NULL, status VARCHAR NOT NULL, error VARCHAR)"
+    )
+    con.execute(
+        "INSERT INTO _export_batches VALUES "
+        "('a', 'dx_operation_runs_v1', NULL, 'microbatch', NULL, '2026-01-01', 0, 0, 0, 0, 0, 0,"
+        " '2026-01-01 00:00+00', '2026-01-01 00:01+00', 1, 'succeeded', NULL),"
+        "('b', 'dx_operation_runs_v1', NULL, 'microbatch', NULL, '2026-01-02', 0, 0, 0, 0, 0, 0,"
+        " '2026-01-02 00:00+00', '2026-01-02 00:01+00', 1, 'failed', 'IOException: boom')"
+    )
+    con.close()
+    with open_warehouse(path) as con:
+        ensure_schema(con, DATASETS)
+        (state,) = fetch_dicts(con, "SELECT * FROM _export_freshness")
+        columns = [r[0] for r in con.execute("DESCRIBE _export_batches").fetchall()]
+    assert columns[-1] == "window_note"
+    assert state["dataset"] == "dx_operation_runs_v1"
+    assert state["last_success_at"] == datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+    assert (state["last_batch_status"], state["last_error"]) == ("failed", "IOException: boom")
+    assert state["failing_since"] == datetime(2026, 1, 2, tzinfo=UTC)

@@ -62,16 +62,23 @@ CREATE TABLE IF NOT EXISTS _export_freshness (
 );
 INSERT INTO _export_freshness
 SELECT
-    dataset,
-    max(finished_at) FILTER (WHERE status = 'succeeded'),
-    max(finished_at),
-    arg_max(status, finished_at),
-    arg_max(CASE WHEN status = 'failed' THEN error END, finished_at),
-    NULL,
-    arg_max(window_note, finished_at)
-FROM _export_batches
-WHERE NOT EXISTS (SELECT 1 FROM _export_freshness)
-GROUP BY dataset;
+    p.dataset, p.last_success_at, p.last_batch_at, p.last_batch_status, p.last_error,
+    (SELECT min(b.started_at) FROM _export_batches AS b
+     WHERE b.dataset = p.dataset AND b.status = 'failed'
+       AND b.started_at > coalesce(p.last_success_at, '-infinity'::TIMESTAMPTZ)),
+    p.window_note
+FROM (
+    SELECT
+        dataset,
+        max(finished_at) FILTER (WHERE status = 'succeeded') AS last_success_at,
+        max(finished_at) AS last_batch_at,
+        arg_max(status, finished_at) AS last_batch_status,
+        arg_max(CASE WHEN status = 'failed' THEN error END, finished_at) AS last_error,
+        arg_max(window_note, finished_at) AS window_note
+    FROM _export_batches
+    GROUP BY dataset
+) AS p
+WHERE NOT EXISTS (SELECT 1 FROM _export_freshness);
 
 -- Per dataset: the cursor up to which the micro-batch has read (minus the lookback on re-read).
 CREATE TABLE IF NOT EXISTS _export_watermarks (
