@@ -326,13 +326,31 @@ def dataset_status(settings: Settings) -> list[dict]:
 
 def _dataset_line(ds: Dataset, con: Any, src: Any, settings: Settings) -> dict:
     """One dataset's status; an error of its own (missing relation, ...) goes on its line."""
+    import duckdb
+
     from export_pipeline import extract, source_session
     from export_pipeline.batch import scrub
     from export_pipeline.reconcile import lag_check
     from export_pipeline.sqlfiles import read_sql
     from export_pipeline.warehouse import fetch_dicts
 
-    (health,) = fetch_dicts(con, read_sql("warehouse", "select_dataset_health.sql"), {"d": ds.name})
+    try:
+        (health,) = fetch_dicts(
+            con, read_sql("warehouse", "select_dataset_health.sql"), {"d": ds.name}
+        )
+    except duckdb.Error as exc:  # a ledger of an earlier release, before its first new run
+        health = dict.fromkeys(
+            ("watermark", "last_batch_status", "last_batch_at", "last_batch_error")
+            + ("last_success_at", "failing_since", "last_window_note")
+            + ("open_dead_letters", "exhausted_dead_letters")
+        )
+        health["open_dead_letters"] = health["exhausted_dead_letters"] = 0
+        ledger_error = (
+            f"cannot read the ledger ({' '.join(str(exc).split())[:200]}); a warehouse of an "
+            "earlier release is upgraded by its next `export-pipeline run`"
+        )
+    else:
+        ledger_error = None
     line: dict[str, Any] = {
         "dataset": ds.name,
         "rows": None,
@@ -349,8 +367,10 @@ def _dataset_line(ds: Dataset, con: Any, src: Any, settings: Settings) -> dict:
         "source_relative_lag_seconds": None,
         "sla_seconds": settings.lag_sla_seconds,
         "sla_breached": True,
-        "error": None,
+        "error": ledger_error,
     }
+    if ledger_error:
+        return line
     try:
         ((line["rows"],),) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchall()
         source_session.check_readable(

@@ -127,6 +127,7 @@ def connect_interruptibly(connect: Any, dsn: str) -> Any:
     """
     box: dict[str, Any] = {}
     abandoned = threading.Event()
+    handover = threading.Lock()
 
     def attempt() -> None:
         try:
@@ -134,13 +135,14 @@ def connect_interruptibly(connect: Any, dsn: str) -> Any:
         except BaseException as exc:  # handed to the waiting thread
             box["error"] = exc
             return
-        if abandoned.is_set():
-            try:
-                conn.close()
-            except Exception:
-                pass
-        else:
-            box["conn"] = conn
+        with handover:
+            if not abandoned.is_set():
+                box["conn"] = conn
+                return
+        try:
+            conn.close()
+        except Exception:
+            pass
 
     helper = threading.Thread(target=attempt, name="source-connect", daemon=True)
     helper.start()
@@ -148,9 +150,11 @@ def connect_interruptibly(connect: Any, dsn: str) -> Any:
         while helper.is_alive():
             helper.join(0.2)
     except BaseException:
-        abandoned.set()
-        if "conn" in box:  # finished just as we were interrupted
-            box.pop("conn").close()
+        with handover:
+            abandoned.set()
+            conn = box.pop("conn", None)  # finished just as we were interrupted
+        if conn is not None:
+            conn.close()
         raise
     if "error" in box:
         error = box["error"]
