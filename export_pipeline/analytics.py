@@ -34,7 +34,7 @@ from pathlib import Path
 
 import duckdb
 
-from export_pipeline import publish
+from export_pipeline import freshness, publish
 from export_pipeline.contract import DATASETS, Dataset
 from export_pipeline.extract import quote_ident
 from export_pipeline.sqlfiles import SQL_ROOT
@@ -138,7 +138,7 @@ def refresh_catalog(
     """
     with publish.lake_lock(data_dir):
         versions = current_versions(data_dir, datasets)
-        statements = view_statements(versions, datasets)
+        statements = view_statements(versions, datasets) + freshness.view_statements(data_dir)
         spec = _spec(versions, statements)
         current = _current_catalog(data_dir)
         created = False
@@ -226,6 +226,8 @@ def connect_snapshot(data_dir: Path) -> duckdb.DuckDBPyConnection:
     """
     con = duckdb.connect()
     create_views(con, current_versions(data_dir))
+    for statement in freshness.view_statements(data_dir):
+        run_sql(con, statement)
     return con
 
 

@@ -20,14 +20,14 @@ from typing import Literal
 
 import duckdb
 
-from export_pipeline import extract, load, validate
+from export_pipeline import extract, load, source_session, validate
 from export_pipeline.config import Settings, redact_dsn
 from export_pipeline.contract import DUAL_PUBLISH, Dataset
 from export_pipeline.extract import KeySet, Window
 from export_pipeline.faults import crash_point
+from export_pipeline.freshness import write_freshness
 from export_pipeline.relations import source_dataset
 from export_pipeline.sqlfiles import read_sql
-from export_pipeline.validate import SchemaMismatchError
 from export_pipeline.warehouse import ensure_schema, get_watermark, run_sql
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class BatchResult:
     watermark: datetime | None
     #: now - latest cursor the warehouse holds for the dataset, in seconds (None when empty).
     lag_seconds: float | None
+    #: Why the window ended before ``now - safety_lag`` (an open transaction, a standby
+    #: behind), or what could not be checked; None when nothing held it back.
+    window_note: str | None = None
 
     @property
     def loaded(self) -> int:
@@ -71,12 +74,24 @@ class BatchResult:
 
 
 def microbatch_window(
-    con: duckdb.DuckDBPyConnection, ds: Dataset, settings: Settings, source_now: datetime
-) -> Window:
-    """``(watermark - lookback, now - safety_lag]``, from the beginning on the first run."""
+    con: duckdb.DuckDBPyConnection,
+    ds: Dataset,
+    settings: Settings,
+    source_now: datetime,
+    horizon: source_session.Horizon | None = None,
+) -> tuple[Window, str | None]:
+    """``(watermark - lookback, min(now - safety_lag, horizon)]``, and why it was held back.
+
+    The horizon (``source_session.read_horizon``) keeps the end before any point later commits
+    can still land behind: the start of the oldest transaction open on the source, or a
+    standby's last replayed commit. From the beginning on the first run.
+    """
     watermark = get_watermark(con, ds)
     start = None if watermark is None else watermark - settings.lookback
-    return Window(start=start, end=source_now - settings.safety_lag)
+    end, held_back = source_now - settings.safety_lag, None
+    if horizon is not None:
+        end, held_back = horizon.limit(end)
+    return Window(start=start, end=end), held_back
 
 
 def run_dataset_batch(
@@ -141,17 +156,30 @@ def _run_dataset_batch_once(
     batch_id = str(uuid.uuid4())
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
+    window_note: str | None = None
     run_sql(con, "BEGIN TRANSACTION")
     try:
         source_ds = source_dataset(ds, settings)  # the relation configured for ds
         with extract.connect(source_dsn) as src:
+            source_session.check_readable(
+                src,
+                source_ds.source_table,
+                [c.source_name for c in source_ds.source_columns],
+                ds.name,
+            )
             extract.check_source_schema(src, source_ds)
             now = extract.source_now(src)
-            window = window or microbatch_window(con, ds, settings, now)
+            if window is None:
+                horizon = source_session.read_horizon(src)
+                window, window_note = microbatch_window(con, ds, settings, now, horizon)
+                for note in (window_note, horizon.blind_spot):
+                    if note:
+                        log.warning("%s: window held back: %s", ds.name, note)
+                window_note = window_note or horizon.blind_spot
             load.create_stage(con, ds)
             staged = 0
             stream = extract.extract_window(src, source_ds, window, settings.batch_size)
-            for record_batch in extract.prefetch(stream):
+            for record_batch in extract.prefetch(stream, cancel=src.adbc_cancel):
                 checked = validate.validate_batch(ds, validate.to_frame(record_batch), now)
                 load.stage_rows(con, ds, checked.valid, staged)
                 load.stage_dead_letters(con, checked.dead_letters)
@@ -199,6 +227,7 @@ def _run_dataset_batch_once(
             duration_ms=int((time.perf_counter() - t0) * 1000),
             watermark=None,
             lag_seconds=None,
+            window_note=window_note,
         )
         if result.accounted != result.extracted:
             raise AssertionError(f"{ds.name}: accounting identity broken: {result}")
@@ -218,7 +247,9 @@ def _run_dataset_batch_once(
     except BaseException as exc:
         _rollback(con)
         _record_failure(con, ds, batch_id, run_id, mode, window, started_at, t0, exc)
+        write_freshness(con, settings.data_dir)
         raise
+    write_freshness(con, settings.data_dir)
     return _with_position(con, ds, result, now)
 
 
@@ -234,31 +265,15 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         log.warning("rollback after a failed batch: %s", exc)
 
 
-#: Exceptions that mean "try again later": the source or the warehouse was briefly unavailable.
-_TRANSIENT_MARKERS = (
-    "connection",
-    "could not connect",
-    "server closed",
-    "terminating connection",
-    "timeout",
-    "timed out",
-    "could not set lock",
-    "conflicting lock",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "does not allow connections",
-    "too many clients",
-)
-
-
 def is_transient(exc: BaseException) -> bool:
-    """Connection loss, timeouts and lock contention: worth retrying, never a dead letter."""
-    if isinstance(exc, SchemaMismatchError | AssertionError):
-        return False
-    if isinstance(exc, ConnectionError | TimeoutError | duckdb.IOException):
+    """Connection loss, timeouts and lock contention: worth retrying, never a dead letter.
+
+    Authentication, a missing database or relation, TLS settings, privileges and row-level
+    security fail at once (``source_session.error_kind``): retrying cannot fix them.
+    """
+    if isinstance(exc, duckdb.IOException):
         return True
-    text = str(exc).lower()
-    return any(marker in text for marker in _TRANSIENT_MARKERS)
+    return source_session.error_kind(exc) == "transient"
 
 
 _DSN_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
@@ -321,6 +336,19 @@ def _record_batch(
     status: str,
     error: str | None,
 ) -> None:
+    finished_at = datetime.now(UTC)
+    run_sql(
+        con,
+        read_sql("warehouse", "merge_export_freshness.sql"),
+        {
+            "dataset": r.dataset,
+            "status": status,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "error": error,
+            "window_note": r.window_note,
+        },
+    )
     run_sql(
         con,
         read_sql("warehouse", "insert_batch.sql"),
@@ -338,10 +366,11 @@ def _record_batch(
             "stale": r.stale,
             "dead_lettered": r.dead_lettered,
             "started_at": started_at,
-            "finished_at": datetime.now(UTC),
+            "finished_at": finished_at,
             "duration_ms": r.duration_ms,
             "status": status,
             "error": error,
+            "window_note": r.window_note,
         },
     )
 
@@ -377,6 +406,8 @@ def _record_failure(
     )
     try:
         error = scrub(f"{type(exc).__name__}: {exc}", None)
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: Dagster's interrupt has no text
+            error = f"{type(exc).__name__}: interrupted (Ctrl-C or SIGTERM); rolled back"
         _record_batch(con, failed, run_id, started_at, "failed", error)
     except duckdb.Error:
         pass

@@ -10,14 +10,17 @@ import argparse
 import fcntl
 import json
 import os
+import signal
 import sys
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from export_pipeline import terminal
 from export_pipeline.config import (
@@ -27,7 +30,7 @@ from export_pipeline.config import (
     environment,
     redact_dsn,
 )
-from export_pipeline.contract import DATASETS
+from export_pipeline.contract import DATASETS, Dataset
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -67,11 +70,44 @@ def dagster_instance() -> Iterator[dg.DagsterInstance]:
 
 
 def _source_dsn(settings: Settings) -> str:
+    """The source to read, as a read-only, named, time-bounded session (source_session)."""
     if settings.source_dsn:
-        return settings.source_dsn
+        return settings.source_session_dsn(settings.source_dsn)
     from export_pipeline.source import embedded_postgres
 
-    return embedded_postgres()
+    return settings.source_session_dsn(embedded_postgres())
+
+
+#: The flag that lets `source init|seed` and `demo` write to EXPORT_SOURCE_DSN's database.
+OWN_DATABASE_FLAG = "--i-own-this-database"
+
+
+def _writable_source_dsn(args: argparse.Namespace, settings: Settings) -> str:
+    """The database `source init|seed` and `demo` may create tables in and empty.
+
+    The embedded PostgreSQL they start, never EXPORT_SOURCE_DSN (someone's production database)
+    unless ``--i-own-this-database`` names its database. Checked before anything is touched.
+    """
+    owned = getattr(args, "own_database", None)
+    if not settings.source_dsn:
+        if owned:
+            raise CliError(
+                f"{OWN_DATABASE_FLAG} {owned} given, but EXPORT_SOURCE_DSN is not set: "
+                "this command would use the embedded PostgreSQL; drop the flag"
+            )
+        from export_pipeline.source import embedded_postgres
+
+        return embedded_postgres()
+    database = urlsplit(settings.source_dsn).path.strip("/")
+    if owned != database:
+        told = f"{OWN_DATABASE_FLAG} names {owned!r}, not {database!r}; " if owned else ""
+        raise CliError(
+            f"refusing to create, empty or seed tables in EXPORT_SOURCE_DSN's database "
+            f"{database!r}: {told}`{args.command}` writes only to the embedded PostgreSQL it "
+            f"starts (unset EXPORT_SOURCE_DSN), or to a database you own, named with "
+            f"{OWN_DATABASE_FLAG} {database}"
+        )
+    return settings.source_dsn
 
 
 # --- source ---------------------------------------------------------------------------------
@@ -80,7 +116,7 @@ def _source_dsn(settings: Settings) -> str:
 def cmd_source_init(args: argparse.Namespace, settings: Settings) -> int:
     from export_pipeline.source import create_source_schema
 
-    dsn = _source_dsn(settings)
+    dsn = _writable_source_dsn(args, settings)
     create_source_schema(dsn)
     print(f"source schema ready in {redact_dsn(dsn)}")
     return 0
@@ -89,7 +125,7 @@ def cmd_source_init(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_source_seed(args: argparse.Namespace, settings: Settings) -> int:
     from export_pipeline.source import create_source_schema, seed_source
 
-    dsn = _source_dsn(settings)
+    dsn = _writable_source_dsn(args, settings)
     create_source_schema(dsn)
     report = seed_source(
         dsn, scale=args.scale, days=args.days, violations=args.violations, seed=args.seed
@@ -233,10 +269,14 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def dataset_status(settings: Settings) -> list[dict]:
-    """Per dataset: rows, watermark, last batch, dead letters, and lag against the SLA."""
-    from export_pipeline import extract
-    from export_pipeline.reconcile import lag_check
-    from export_pipeline.warehouse import WarehouseBusyError, fetch_dicts, open_warehouse
+    """Per dataset: rows, watermark, last batch, last success, dead letters, lag against the SLA.
+
+    Every dataset gets its line: one whose relation is missing or unreadable, or whose table
+    the warehouse lacks, carries the error (``error``) instead of stopping the others. Each line
+    also says whether the micro-batch window is held back on the source now, and why.
+    """
+    from export_pipeline import extract, source_session
+    from export_pipeline.warehouse import WarehouseBusyError, open_warehouse
 
     path = settings.warehouse_path
     if not path.exists():
@@ -246,49 +286,95 @@ def dataset_status(settings: Settings) -> list[dict]:
             open_warehouse(path, read_only=True, lock_timeout_seconds=30) as con,
             extract.connect(_source_dsn(settings)) as src,
         ):
+            horizon = source_session.read_horizon(src)
             out = []
             for ds in DATASETS:
-                (row,) = fetch_dicts(
-                    con,
-                    "SELECT (SELECT max(watermark) FROM _export_watermarks WHERE dataset = $d) "
-                    "AS watermark, (SELECT count(*) FROM dx_dead_letter WHERE dataset = $d AND "
-                    "status = 'open') AS open_dead_letters, (SELECT count(*) FROM dx_dead_letter "
-                    "WHERE dataset = $d AND status = 'exhausted') AS exhausted_dead_letters",
-                    {"d": ds.name},
-                )
-                batches = fetch_dicts(
-                    con,
-                    "SELECT status, finished_at, error FROM _export_batches WHERE dataset = $d "
-                    "ORDER BY finished_at DESC LIMIT 1",
-                    {"d": ds.name},
-                )
-                ((rows,),) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchall()
-                lag = lag_check(ds, src, con, settings, datetime.now(UTC).date())
-                out.append(
-                    {
-                        "dataset": ds.name,
-                        "rows": rows,
-                        "watermark": row["watermark"],
-                        "last_batch_status": batches[0]["status"] if batches else None,
-                        "last_batch_at": batches[0]["finished_at"] if batches else None,
-                        "last_batch_error": batches[0]["error"] if batches else None,
-                        "open_dead_letters": row["open_dead_letters"],
-                        "exhausted_dead_letters": row["exhausted_dead_letters"],
-                        "lag_seconds": lag.details["lag_seconds"],
-                        "source_relative_lag_seconds": lag.details["source_relative_lag_seconds"],
-                        "sla_seconds": settings.lag_sla_seconds,
-                        "sla_breached": not lag.passed,
-                    }
-                )
+                row = _dataset_line(ds, con, src, settings)
+                row["window_held_back"] = horizon.held_back
+                row["window_blind_spot"] = horizon.blind_spot
+                row["source_is_standby"] = horizon.standby
+                out.append(row)
             return out
     except WarehouseBusyError as exc:
         raise CliError(str(exc)) from None
     except Exception as exc:  # the source is down or refuses us: say so on one line
         from export_pipeline.batch import is_transient, scrub
 
-        if not is_transient(exc):
+        if not (is_transient(exc) or source_session.is_source_error(exc)):
             raise
         raise CliError(f"source unreachable: {scrub(str(exc), settings.source_dsn)}") from None
+
+
+def _dataset_line(ds: Dataset, con: Any, src: Any, settings: Settings) -> dict:
+    """One dataset's status; an error of its own (missing relation, ...) goes on its line."""
+    import duckdb
+
+    from export_pipeline import extract, source_session
+    from export_pipeline.batch import scrub
+    from export_pipeline.reconcile import lag_check
+    from export_pipeline.sqlfiles import read_sql
+    from export_pipeline.warehouse import fetch_dicts
+
+    try:
+        (health,) = fetch_dicts(
+            con, read_sql("warehouse", "select_dataset_health.sql"), {"d": ds.name}
+        )
+    except duckdb.Error as exc:  # a ledger of an earlier release, before its first new run
+        health = dict.fromkeys(
+            ("watermark", "last_batch_status", "last_batch_at", "last_batch_error")
+            + ("last_success_at", "failing_since", "last_window_note")
+            + ("open_dead_letters", "exhausted_dead_letters")
+        )
+        health["open_dead_letters"] = health["exhausted_dead_letters"] = 0
+        ledger_error = (
+            f"cannot read the ledger ({' '.join(str(exc).split())[:200]}); a warehouse of an "
+            "earlier release is upgraded by its next `export-pipeline run`"
+        )
+    else:
+        ledger_error = None
+    line: dict[str, Any] = {
+        "dataset": ds.name,
+        "rows": None,
+        "watermark": health["watermark"],
+        "last_batch_status": health["last_batch_status"],
+        "last_batch_at": health["last_batch_at"],
+        "last_batch_error": health["last_batch_error"],
+        "last_success_at": health["last_success_at"],
+        "failing_since": health["failing_since"],
+        "last_window_note": health["last_window_note"],
+        "open_dead_letters": health["open_dead_letters"],
+        "exhausted_dead_letters": health["exhausted_dead_letters"],
+        "lag_seconds": None,
+        "source_relative_lag_seconds": None,
+        "sla_seconds": settings.lag_sla_seconds,
+        "sla_breached": True,
+        "error": ledger_error,
+    }
+    if ledger_error:
+        return line
+    try:
+        ((line["rows"],),) = con.execute(f'SELECT count(*) FROM "{ds.name}"').fetchall()
+        from export_pipeline.relations import source_dataset
+
+        read = source_dataset(ds, settings)  # the relation configured for ds
+        source_session.check_readable(
+            src, read.source_table, [c.source_name for c in read.source_columns], ds.name
+        )
+        extract.check_source_schema(src, read)
+        lag = lag_check(ds, src, con, settings, datetime.now(UTC).date())
+    except Exception as exc:
+        from export_pipeline.batch import is_transient
+
+        if is_transient(exc) and not source_session.is_source_error(exc):
+            raise
+        src.rollback()  # an error aborts the source transaction: start a guarded new one
+        source_session.guard(src)
+        line["error"] = " ".join(scrub(str(exc), settings.source_dsn).split())
+        return line
+    line["lag_seconds"] = lag.details["lag_seconds"]
+    line["source_relative_lag_seconds"] = lag.details["source_relative_lag_seconds"]
+    line["sla_breached"] = not lag.passed
+    return line
 
 
 def _json_default(value: object) -> str:
@@ -301,7 +387,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Exits 3 when a dataset breaches the lag SLA or has exhausted dead letters (usable from
     cron or a monitor)."""
     rows = dataset_status(settings)
-    breached = [r["dataset"] for r in rows if r["sla_breached"]]
+    breached = [r["dataset"] for r in rows if r["sla_breached"] and not r["error"]]
+    failing = [r["dataset"] for r in rows if r["error"]]
     if args.json:
         print(json.dumps(rows, default=_json_default, indent=2))
     else:
@@ -312,19 +399,34 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         )
         for r in rows:
             watermark = r["watermark"].isoformat(timespec="seconds") if r["watermark"] else "-"
+            rows_text = f"{r['rows']:>10,}" if r["rows"] is not None else f"{'-':>10}"
             lag = f"{r['lag_seconds']:.0f}" if r["lag_seconds"] is not None else "-"
+            sla = "ERROR" if r["error"] else "BREACHED" if r["sla_breached"] else "ok"
             print(
-                f"  {r['dataset']:<24} {r['rows']:>10,} {watermark:<26} "
+                f"  {r['dataset']:<24} {rows_text} {watermark:<26} "
                 f"{r['last_batch_status'] or '-':<10} {lag:>8} "
-                f"{'BREACHED' if r['sla_breached'] else 'ok':<8} {r['open_dead_letters']:>7,} "
+                f"{sla:<8} {r['open_dead_letters']:>7,} "
                 f"{r['exhausted_dead_letters']:>9,}"
             )
+            if r["error"]:
+                print(f"    error: {r['error']}")
+            if r["last_batch_status"] == "failed" and r["last_batch_error"]:
+                since = r["failing_since"].isoformat(timespec="seconds")
+                good = r["last_success_at"]
+                good = good.isoformat(timespec="seconds") if good else "never"
+                print(f"    failing since {since} (last success {good}): {r['last_batch_error']}")
+        if rows and rows[0]["window_held_back"]:
+            print(f"window held back: {rows[0]['window_held_back']}")
+        if rows and rows[0]["window_blind_spot"]:
+            print(f"WARNING: {rows[0]['window_blind_spot']}")
     exhausted = [
         f"{r['dataset']} {r['exhausted_dead_letters']:,}"
         for r in rows
         if r["exhausted_dead_letters"]
     ]
-    problems = [f"lag SLA breached for: {', '.join(breached)}"] if breached else []
+    problems = [f"cannot check: {', '.join(failing)}"] if failing else []
+    if breached:
+        problems.append(f"lag SLA breached for: {', '.join(breached)}")
     if exhausted:
         problems.append(
             f"dead letters exhausted: {', '.join(exhausted)} "
@@ -345,7 +447,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from export_pipeline import extract
     from export_pipeline.source import create_source_schema, seed_source
 
-    dsn = _source_dsn(settings)
+    dsn = _writable_source_dsn(args, settings)
     print(f"1. source: PostgreSQL at {redact_dsn(dsn)}")
     create_source_schema(dsn)
     report = seed_source(dsn, scale=args.scale, days=args.days, violations=True)
@@ -360,7 +462,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print("4. warehouse against source (in-scope rows = warehouse rows + dead-lettered rows):")
     from export_pipeline.relations import source_dataset
 
-    with extract.connect(dsn) as src:
+    with extract.connect(settings.source_session_dsn(dsn)) as src:
         in_scope = {
             ds.name: extract.count_in_scope(src, source_dataset(ds, settings)) for ds in DATASETS
         }
@@ -406,6 +508,16 @@ def _duckdb_version() -> str:
 # --- entry point ----------------------------------------------------------------------------
 
 
+def _own_database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        OWN_DATABASE_FLAG,
+        dest="own_database",
+        metavar="DBNAME",
+        help="write to EXPORT_SOURCE_DSN's database (it must be named DBNAME); by default only "
+        "the embedded PostgreSQL is written to",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = terminal.ArgumentParser(
         prog="export-pipeline",
@@ -424,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = sub.add_parser("source", help="the reference source database")
     source_sub = source.add_subparsers(dest="source_command", required=True)
     init = source_sub.add_parser("init", help="create the reference source schema (ops, entities)")
+    _own_database_option(init)
     init.set_defaults(func=cmd_source_init)
     seed = source_sub.add_parser("seed", help="fill the source with realistic synthetic data")
     seed.add_argument(
@@ -436,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument(
         "--violations", action="store_true", help="plant a small known set of contract violations"
     )
+    _own_database_option(seed)
     seed.set_defaults(func=cmd_source_seed)
 
     run = sub.add_parser("run", help="one micro-batch of all datasets, through Dagster")
@@ -467,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--days", type=terminal.positive_int, default=7, help="days of history (default 7)"
     )
+    _own_database_option(demo)
     demo.set_defaults(func=cmd_demo)
 
     for register in _command_modules():
@@ -489,9 +604,21 @@ def _command_modules() -> list:
     return registers
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops a command the way Ctrl-C does: the batch in flight rolls back (watermark
+    unmoved), DuckDB's lock is released, and Dagster records the run as failed."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code is one of :class:`terminal.ExitCode` (``--help``)."""
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    _stop_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv  # accepted after the subcommand too
     args = build_parser().parse_args([a for a in argv if a != "--verbose"])
@@ -513,8 +640,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The source (or the warehouse's file) unavailable, in a command that reads it directly
         # (`dead-letter replay`, `source init`, ...): one line, the DSN's password scrubbed.
         from export_pipeline.batch import is_transient, scrub
+        from export_pipeline.source_session import is_source_error
 
-        if not is_transient(exc):
+        if not (is_transient(exc) or is_source_error(exc)):
             return terminal.unexpected(exc)
         one_line = " ".join(scrub(str(exc), environment().get("EXPORT_SOURCE_DSN")).split())
         print(f"export-pipeline: error: {one_line}", file=sys.stderr)

@@ -63,6 +63,10 @@ class Settings:
     #: Schedules: the micro-batch period (5-15 minutes) and the reconciliation's cron (UTC).
     microbatch_minutes: int = 10
     reconcile_cron: str = DEFAULT_RECONCILE_CRON
+    #: Our own limits on every source session (source_session.SessionLimits; 0 = none).
+    source_connect_timeout_seconds: float = 10.0
+    source_statement_timeout_seconds: float = 3600.0
+    source_lock_timeout_seconds: float = 30.0
 
     @property
     def warehouse_path(self) -> Path:
@@ -97,6 +101,26 @@ class Settings:
             source_relations=_source_relations(env),
             microbatch_minutes=_microbatch_minutes(env),
             reconcile_cron=_cron(env, "EXPORT_RECONCILE_CRON", DEFAULT_RECONCILE_CRON),
+            source_connect_timeout_seconds=_number(
+                env, "EXPORT_SOURCE_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=1
+            ),
+            source_statement_timeout_seconds=_number(
+                env, "EXPORT_SOURCE_STATEMENT_TIMEOUT_SECONDS", 3600.0
+            ),
+            source_lock_timeout_seconds=_number(env, "EXPORT_SOURCE_LOCK_TIMEOUT_SECONDS", 30.0),
+        )
+
+    def source_session_dsn(self, dsn: str) -> str:
+        """``dsn`` with these settings' session limits, read-only options and name."""
+        from export_pipeline.source_session import SessionLimits, session_uri
+
+        return session_uri(
+            dsn,
+            SessionLimits(
+                connect_timeout_seconds=self.source_connect_timeout_seconds,
+                statement_timeout_seconds=self.source_statement_timeout_seconds,
+                lock_timeout_seconds=self.source_lock_timeout_seconds,
+            ),
         )
 
 

@@ -12,7 +12,7 @@ import atexit
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
+from export_pipeline import source_session
 from export_pipeline.contract import Dataset, LogicalType
 from export_pipeline.contract_types import TYPES
 from export_pipeline.sqlfiles import read_sql
@@ -108,10 +109,9 @@ def _close_quietly(conn: adbc.Connection) -> None:
 
 
 def _alive(conn: adbc.Connection) -> bool:
+    """Alive, and its new transaction guarded read-only (one round trip for both)."""
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            cur.fetchall()
+        source_session.guard(conn)
         return True
     except Exception:
         return False
@@ -125,12 +125,21 @@ def connect(dsn: str) -> Iterator[adbc.Connection]:
     micro-batch per dataset. Between batches the connection is rolled back, so it holds no
     snapshot or lock on the source; a connection that broke (source restarted, backend killed)
     is closed and replaced, and one that saw an error is never reused.
+
+    Every session is read-only, RLS-strict, named and bounded by timeouts
+    (:mod:`export_pipeline.source_session`); each use starts with a guarded transaction.
     """
     conn = _idle.by_dsn.pop(dsn, None)
     if conn is not None and not _alive(conn):
         _close_quietly(conn)
         conn = None
-    conn = conn or adbc.connect(dsn)
+    if conn is None:
+        conn = source_session.connect_interruptibly(adbc.connect, source_session.session_uri(dsn))
+        try:
+            source_session.guard(conn)
+        except BaseException:
+            _close_quietly(conn)
+            raise
     try:
         yield conn
         conn.rollback()
@@ -306,11 +315,17 @@ def source_max_cursor(conn: adbc.Connection, ds: Dataset) -> datetime | None:
 _DONE = object()
 
 
-def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+def prefetch(
+    batches: Iterator[pa.RecordBatch],
+    depth: int = 2,
+    cancel: Callable[[], None] | None = None,
+) -> Iterator[pa.RecordBatch]:
     """Read ``batches`` in a background thread, at most ``depth`` ahead of the consumer.
 
     The source streams (ADBC releases the GIL) while the caller validates and loads the
     previous batch. Errors surface in the caller; if the caller stops early, the reader stops.
+    If the reader is stuck in the source (a lock wait, a slow query) when the caller stops
+    (an error, Ctrl-C, SIGTERM), ``cancel`` cancels the statement instead of waiting for it.
     """
     chunks: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -346,9 +361,16 @@ def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.R
             yield item
     finally:
         stop.set()
+        waited = 0
         while reader.is_alive():
             try:
                 chunks.get(timeout=0.1)
             except queue.Empty:
                 pass
             reader.join(timeout=0.1)
+            waited += 1
+            if waited == 5 and cancel is not None:
+                try:
+                    cancel()
+                except Exception:  # nothing to cancel, or the connection is gone
+                    pass

@@ -190,20 +190,20 @@ def test_statement_timeout_is_transient_retried_and_reported(
     src = SourceRows(source_dsn)
     for _ in range(3):
         src.insert(OPERATION_RUNS)
-    settings = _settings(tmp_path)
+    # The pipeline's own statement timeout (a startup option of its sessions, which takes
+    # precedence over a database or role default).
+    settings = _settings(tmp_path, EXPORT_SOURCE_STATEMENT_TIMEOUT_SECONDS="0.3")
     with psycopg.connect(source_dsn) as locker:
-        database = psycopg.sql.Identifier(locker.info.dbname)
-        locker.execute(
-            psycopg.sql.SQL("ALTER DATABASE {} SET statement_timeout = '300ms'").format(database)
-        )
-        locker.commit()  # new sessions (the extract's) start with the timeout
         locker.execute("LOCK TABLE ops.operation_runs IN ACCESS EXCLUSIVE MODE")
         outcome: dict[str, Any] = {}
 
         def work() -> None:
             with open_warehouse(settings.warehouse_path) as con:
                 outcome["result"] = run_dataset_batch(
-                    OPERATION_RUNS, source_dsn=source_dsn, con=con, settings=settings
+                    OPERATION_RUNS,
+                    source_dsn=settings.source_session_dsn(source_dsn),
+                    con=con,
+                    settings=settings,
                 )
 
         with caplog.at_level(logging.WARNING, logger="export_pipeline.batch"):

@@ -63,7 +63,24 @@ def batch_metadata(results: list[BatchResult]) -> dict[str, dg.MetadataValue]:
     metadata["lag_seconds"] = dg.MetadataValue.float(last.lag_seconds or 0.0)
     metadata["mode"] = dg.MetadataValue.text(last.mode)
     metadata["window_end"] = dg.MetadataValue.text(last.window_end.isoformat())
+    if last.window_note:  # why the window stopped short (an open transaction, a standby behind)
+        metadata["window_held_back"] = dg.MetadataValue.text(last.window_note)
     return metadata
+
+
+def last_good_state(export: ExportResource, ds: Dataset) -> dict[str, dg.MetadataValue]:
+    """The dataset's watermark and last successful batch, for a failed batch's metadata."""
+    from export_pipeline.sqlfiles import read_sql
+    from export_pipeline.warehouse import fetch_dicts
+
+    with export.warehouse() as con:
+        (health,) = fetch_dicts(
+            con, read_sql("warehouse", "select_dataset_health.sql"), {"d": ds.name}
+        )
+    return {
+        name: dg.MetadataValue.text(str(health[name]) if health[name] is not None else "never")
+        for name in ("watermark", "last_success_at", "failing_since")
+    }
 
 
 def _run_batches(
@@ -155,7 +172,10 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
         except SchemaMismatchError as exc:
             context.log.error(str(exc))
             yield dg.MaterializeResult(
-                metadata={"rejected": dg.MetadataValue.text(str(exc))},
+                metadata={
+                    "rejected": dg.MetadataValue.text(str(exc)),
+                    **last_good_state(export, ds),
+                },
                 check_results=[
                     dg.AssetCheckResult(
                         check_name=BATCH_FITS_CONTRACT,

@@ -26,10 +26,10 @@ class ExportResource(dg.ConfigurableResource):
     def source_dsn(self) -> str:
         settings = self.settings()
         if settings.source_dsn:
-            return settings.source_dsn
+            return settings.source_session_dsn(settings.source_dsn)
         from export_pipeline.source import embedded_postgres
 
-        return embedded_postgres()
+        return settings.source_session_dsn(embedded_postgres())
 
     @contextmanager
     def warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:

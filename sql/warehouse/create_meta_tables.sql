@@ -44,6 +44,42 @@ CREATE TABLE IF NOT EXISTS _export_batches (
     error         VARCHAR
 );
 
+-- Why a micro-batch window ended before now - safety lag (an open source transaction, a standby
+-- behind), or what could not be checked; added in place to ledgers of earlier releases.
+ALTER TABLE _export_batches ADD COLUMN IF NOT EXISTS window_note VARCHAR;
+
+-- Per dataset: its last good state and current failure, kept by every ledger write
+-- (merge_export_freshness.sql) so that the analysts' freshness file costs a 5-row copy; filled
+-- from the ledger when a warehouse of an earlier release first gets it.
+CREATE TABLE IF NOT EXISTS _export_freshness (
+    dataset          VARCHAR PRIMARY KEY,
+    last_success_at  TIMESTAMPTZ,              -- finish of the last successful batch
+    last_batch_at    TIMESTAMPTZ NOT NULL,
+    last_batch_status VARCHAR NOT NULL,        -- succeeded | failed
+    last_error       VARCHAR,                  -- the last batch's error (null when it succeeded)
+    failing_since    TIMESTAMPTZ,              -- start of the first failed batch since a success
+    window_held_back VARCHAR                   -- the last batch's window_note
+);
+INSERT INTO _export_freshness
+SELECT
+    p.dataset, p.last_success_at, p.last_batch_at, p.last_batch_status, p.last_error,
+    (SELECT min(b.started_at) FROM _export_batches AS b
+     WHERE b.dataset = p.dataset AND b.status = 'failed'
+       AND b.started_at > coalesce(p.last_success_at, '-infinity'::TIMESTAMPTZ)),
+    p.window_note
+FROM (
+    SELECT
+        dataset,
+        max(finished_at) FILTER (WHERE status = 'succeeded') AS last_success_at,
+        max(finished_at) AS last_batch_at,
+        arg_max(status, finished_at) AS last_batch_status,
+        arg_max(CASE WHEN status = 'failed' THEN error END, finished_at) AS last_error,
+        arg_max(window_note, finished_at) AS window_note
+    FROM _export_batches
+    GROUP BY dataset
+) AS p
+WHERE NOT EXISTS (SELECT 1 FROM _export_freshness);
+
 -- Per dataset: the cursor up to which the micro-batch has read (minus the lookback on re-read).
 CREATE TABLE IF NOT EXISTS _export_watermarks (
     dataset    VARCHAR PRIMARY KEY,
