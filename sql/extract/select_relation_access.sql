@@ -1,4 +1,4 @@
--- One relation as seen by a role ($2; null = the session's user): its kind, row-level security,
+-- One relation ($1) as seen by a role ($2; null = the session's user): its kind, row-level security,
 -- owner, whether the role bypasses RLS or owns it (by membership), whether a view runs with its
 -- invoker's rights, and whether the role may SELECT it. No row when the relation is missing.
 SELECT
@@ -19,4 +19,6 @@ SELECT
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
 JOIN pg_roles AS r ON r.rolname = coalesce($2, current_user)
-WHERE c.oid = to_regclass($1)
+-- $1 is a name, or an oid (digits) from select_view_relations.sql: a base table behind a view
+-- may sit in a schema the role has no USAGE on, where a lookup by name is refused.
+WHERE c.oid = (SELECT CASE WHEN $1 ~ '^[0-9]+$' THEN $1::oid ELSE to_regclass($1)::oid END)
