@@ -44,10 +44,19 @@ class Settings:
     dead_letter_max_attempts: int = 5
     #: DuckDB's buffer pool for the pipeline's writes; beyond it, DuckDB spills to disk.
     duckdb_memory_limit: str = "600MB"
+    #: Root of the lake's Delta tables (EXPORT_LAKE_URI); None means ``<data_dir>/lake``.
+    lake_location: str | None = None
+    #: Vacuum keeps files a version younger than this still needs (EXPORT_LAKE_RETENTION_HOURS).
+    lake_retention_hours: int = 168
 
     @property
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def lake_uri(self) -> str:
+        """A local directory or an ``s3://bucket/prefix`` URI; one Delta table per dataset."""
+        return self.lake_location or str(self.data_dir / "lake")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +82,10 @@ class Settings:
                 _number(env, "EXPORT_DEAD_LETTER_MAX_ATTEMPTS", 5, minimum=1, integer=True)
             ),
             duckdb_memory_limit=_memory(env, "EXPORT_DUCKDB_MEMORY_LIMIT", "600MB"),
+            lake_location=_lake_uri(env),
+            lake_retention_hours=int(
+                _number(env, "EXPORT_LAKE_RETENTION_HOURS", 168, minimum=1, integer=True)
+            ),
         )
 
 
@@ -115,6 +128,24 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     if value > 1:
         raise ConfigError(f"{name}={env.get(name)!r} must be a fraction between 0 and 1")
     return value
+
+
+def _lake_uri(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("EXPORT_LAKE_URI") or "").strip()
+    if not raw:
+        return None
+    scheme = urlsplit(raw).scheme
+    if scheme in ("s3", "s3a"):
+        if not urlsplit(raw).netloc:
+            raise ConfigError(f"EXPORT_LAKE_URI={raw!r} names no bucket (s3://BUCKET/prefix)")
+        return raw.rstrip("/")
+    if scheme == "file":
+        raw = urlsplit(raw).path
+    elif scheme:
+        raise ConfigError(
+            f"EXPORT_LAKE_URI={raw!r}: a local directory or s3://bucket/prefix (got {scheme}://)"
+        )
+    return str(Path(raw).expanduser().resolve())
 
 
 def _check_dsn(dsn: str) -> None:
