@@ -302,7 +302,12 @@ def run_query(
     versions: Mapping[str, int] | None = None,
 ) -> tuple[list[str], list[tuple]]:
     """Run one read-only statement against the lake (newest, or ``versions``); (names, rows)."""
-    con = connect_snapshot(data_dir, lake=lake, versions=versions)
+    try:
+        con = connect_snapshot(data_dir, lake=lake, versions=versions)
+    except duckdb.Error:
+        raise
+    except Exception as exc:  # deltalake: e.g. a version that does not exist (any more)
+        raise QueryError(f"cannot read the lake: {' '.join(str(exc).split())}") from None
     try:
         try:
             statements = con.extract_statements(sql)

@@ -275,9 +275,7 @@ def sync(
     return [r for ds in datasets if (r := _sync_dataset(con, lake, ds)) is not None]
 
 
-def _sync_dataset(
-    con: duckdb.DuckDBPyConnection, lake: Lake, ds: Dataset
-) -> SyncResult | None:
+def _sync_dataset(con: duckdb.DuckDBPyConnection, lake: Lake, ds: Dataset) -> SyncResult | None:
     pending = pending_changes(con, ds)
     if not pending:
         return None
@@ -360,9 +358,7 @@ def _changed_rows_sql(ds: Dataset, todo: Sequence[Change]) -> tuple[str, dict]:
     return sql, {"since": since, "batches": batch_ids}
 
 
-def _stream(
-    rel: duckdb.DuckDBPyRelation, schema: pa.Schema, ds: Dataset
-) -> pa.RecordBatchReader:
+def _stream(rel: duckdb.DuckDBPyRelation, schema: pa.Schema, ds: Dataset) -> pa.RecordBatchReader:
     """The relation as a stream of lake-typed record batches; a crash point after the first."""
     reader = rel.to_arrow_reader(STREAM_BATCH_ROWS)
 
@@ -651,3 +647,28 @@ def vacuum(
         keep_versions=list(keep_versions) or None,
     )
     return MaintenanceResult(ds.name, table.version(), 0, len(removed))
+
+
+def maintain(settings: Settings, datasets: Sequence[Dataset] | None = None) -> list[str]:
+    """Compact, then vacuum, every dataset's table; one line per dataset for logs.
+
+    Vacuum keeps the files of versions younger than the retention and of every version an
+    analysts' catalog on disk still pins. The caller makes this the lake's only writer (it
+    holds the warehouse's write lock, as the CLI command and the Dagster job do).
+    """
+    from export_pipeline import analytics
+    from export_pipeline.contract import DATASETS
+
+    target = lake_for(settings)
+    pinned = analytics.pinned_versions(settings.data_dir) if target.is_local else {}
+    lines = []
+    for ds in datasets or DATASETS:
+        compacted = optimize(target, ds)
+        vacuumed = vacuum(
+            target, ds, settings.lake_retention_hours, sorted(pinned.get(ds.name, ()))
+        )
+        lines.append(
+            f"{ds.name}: version {compacted.version}, compacted {compacted.files_removed} "
+            f"files into {compacted.files_added}, vacuumed {vacuumed.files_removed} files"
+        )
+    return lines

@@ -6,6 +6,7 @@ from datetime import date
 import dagster as dg
 import duckdb
 
+from export_pipeline import lake
 from export_pipeline.batch import BatchResult, combine, run_backfill, run_dataset_batch
 from export_pipeline.config import Settings
 from export_pipeline.contract import DATASETS, Dataset
@@ -70,7 +71,21 @@ def _run_batches(
     settings = export.settings()
     dsn = export.source_dsn()
     with export.warehouse() as con:
-        results = _export(context, ds, dsn, con, settings)
+        try:
+            results = _export(context, ds, dsn, con, settings)
+        except BaseException:
+            try:  # days a failed backfill committed before failing reach the lake too
+                lake.sync(con, lake.lake_for(settings), (ds,))
+            except Exception as exc:  # the batch's own error is the one to report
+                context.log.warning(f"lake/{ds.name}: not synced after the failure: {exc}")
+            raise
+        # What committed reaches the lake now, whichever job this is (micro-batch, backfill,
+        # a UI materialization): one Delta commit, exactly once (see lake.sync).
+        for synced in lake.sync(con, lake.lake_for(settings), (ds,)):
+            context.log.info(
+                f"lake/{ds.name}: version {synced.version}, {synced.kind} of "
+                f"{synced.rows} rows from {synced.batches} batch(es)"
+            )
         return results, exhausted_count(con, ds)
 
 
