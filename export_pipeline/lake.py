@@ -43,7 +43,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import duckdb
 import pyarrow as pa
@@ -529,7 +529,15 @@ def table_version(lake: Lake, ds: Dataset, version: int | None = None) -> TableV
     table = open_table(lake, ds, version)
     if table is None:
         return TableVersion(ds.name, None, ())
-    return TableVersion(ds.name, table.version(), tuple(sorted(table.file_uris())))
+    if not lake.is_local:
+        return TableVersion(ds.name, table.version(), tuple(sorted(table.file_uris())))
+    # Local: paths on disk (the log's paths are percent-encoded once, as are partition values
+    # in directory names; ``file_uris`` encodes the table's own directory too).
+    root = Path(lake.uri(ds).removeprefix("file://"))
+    paths = table.get_add_actions(flatten=True).column("path").to_pylist()
+    return TableVersion(
+        ds.name, table.version(), tuple(sorted(str(root / unquote(p)) for p in paths))
+    )
 
 
 def read_sql_over_files(ds: Dataset, files: Sequence[str]) -> str:
