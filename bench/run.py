@@ -925,9 +925,7 @@ def _aggregate_scale(records: list[dict], scale: float | None) -> list[dict]:
             "rows_per_s": (nrows / s["min"]) if nrows else None,
             "mb_per_s": (copy_bytes / 2**20 / s["min"]) if (copy_bytes and full) else None,
             "ratio_to_copy_min": (s["min"] / copy_min) if (copy_min and full) else None,
-            "ratio_to_copy_median": (s["median"] / copy_median)
-            if (copy_median and full)
-            else None,
+            "ratio_to_copy_median": (s["median"] / copy_median) if (copy_median and full) else None,
             "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in recs),
             "process_wall_s": min(r.get("process_wall_seconds", 0) for r in recs),
         }
