@@ -276,19 +276,18 @@ def connect_snapshot(
         for statement in view_statements(current_versions(lake, DATASETS, versions), DATASETS):
             run_sql(con, statement)
         return con
-    for ds in DATASETS:  # object storage: Arrow datasets of the pinned versions
+    for ds in DATASETS:  # object storage: the pinned versions' files, read through Polars
         table = lake_mod.open_table(lake, ds, (versions or {}).get(ds.name))
         hidden = f"_lake_{ds.name}"
-        if table is not None:
-            con.register(hidden, table.to_pyarrow_dataset())
-            source = quote_ident(hidden)
-        else:
-            source = f"({lake_mod.read_sql_over_files(ds, ())})"
+        paths = (
+            [] if table is None else table.get_add_actions(flatten=True).column("path").to_pylist()
+        )
+        lake_mod.files_view(con, lake, ds, paths, hidden)
         columns = ", ".join(
             f"CAST({quote_ident(c.name)} AS {DUCKDB_TYPES[c.type]}) AS {quote_ident(c.name)}"
             for c in ds.columns
         )
-        run_sql(con, f"CREATE VIEW {quote_ident(ds.name)} AS SELECT {columns} FROM {source}")
+        run_sql(con, f"CREATE VIEW {quote_ident(ds.name)} AS SELECT {columns} FROM {hidden}")
     for _, sql in convenience_views():
         run_sql(con, sql)
     return con

@@ -311,7 +311,7 @@ def _sync_dataset(con: duckdb.DuckDBPyConnection, lake: Lake, ds: Dataset) -> Sy
     table = open_table(lake, ds)
     assert table is not None
     try:
-        _verify(con, ds, table, before, todo, kind, rows)
+        _verify(con, lake, ds, table, before, todo, kind, rows)
     except LakeVerificationError:
         # The commit is in the table (with its transaction version): heal by a whole rewrite.
         run_sql(con, "BEGIN TRANSACTION")
@@ -456,6 +456,7 @@ def _file_paths(table: DeltaTable) -> set[str]:
 
 def _verify(
     con: duckdb.DuckDBPyConnection,
+    lake: Lake,
     ds: Dataset,
     table: DeltaTable,
     before: set[str],
@@ -477,12 +478,12 @@ def _verify(
         got_sql = (
             f"SELECT * FROM _lake_written WHERE ({keys}) IN (SELECT ({keys}) FROM _lake_source)"
         )
-    con.register("_lake_written", _files_dataset(table, added))
+    files_view(con, lake, ds, sorted(added), "_lake_written")
     try:
         ((want_rows, want_sum),) = run_sql(con, f"SELECT {checksum_sql(ds)} FROM ({expected_sql})")
         ((got_rows, got_sum),) = run_sql(con, f"SELECT {checksum_sql(ds)} FROM ({got_sql})")
     finally:
-        con.unregister("_lake_written")
+        _drop_files_view(con, "_lake_written")
         run_sql(con, "DROP TABLE IF EXISTS _lake_source")
     if (int(got_rows), int(got_sum)) != (int(want_rows), int(want_sum)) or want_rows != rows:
         raise LakeVerificationError(
@@ -491,15 +492,83 @@ def _verify(
         )
 
 
-def _files_dataset(table: DeltaTable, paths: set[str]) -> object:
-    """The rows of some of the table's files (partition columns included), an Arrow dataset."""
-    import pyarrow.dataset as pds
+def files_view(
+    con: duckdb.DuckDBPyConnection, lake: Lake, ds: Dataset, paths: Sequence[str], name: str
+) -> None:
+    """``name``: the lake-typed rows of some of a table's data files (paths as in its log).
 
-    dataset = table.to_pyarrow_dataset()
-    fragments = [f for f in dataset.get_fragments() if f.path in paths]
-    return pds.FileSystemDataset(
-        fragments, dataset.schema, dataset.format, filesystem=dataset.filesystem
+    Local files are read by DuckDB (``read_parquet``, Hive partitions); object storage through
+    Polars (DuckDB's httpfs cannot be installed offline). Not through ``to_pyarrow_dataset``:
+    deltalake's Python file system, loaded beside Polars, aborts the interpreter at exit now and
+    then ("terminate called without an active exception").
+    """
+    columns = ", ".join(quote_ident(c) for c in lake_columns(ds))
+    if lake.is_local:
+        root = Path(lake.uri(ds).removeprefix("file://"))
+        files = [str(root / unquote(p)) for p in paths]
+        run_sql(con, f"CREATE OR REPLACE TEMP VIEW {name} AS {_raw_files_sql(ds, files)}")
+        return
+    import polars as pl
+
+    schema = pl.Schema(pl.from_arrow(lake_schema(ds).empty_table()).schema)
+    if paths:
+        uris = [f"{lake.uri(ds)}/{unquote(p)}" for p in paths]
+        hive = {k: schema[k] for k in ds.partition_by}
+        frame = (
+            pl.scan_parquet(
+                uris,
+                hive_partitioning=bool(hive),
+                hive_schema=hive or None,
+                storage_options=lake.options(),
+            )
+            .select(lake_columns(ds))
+            .collect()
+        )
+    else:
+        frame = pl.DataFrame(schema=schema)
+    con.register(f"{name}_arrow", frame.to_arrow().cast(lake_schema(ds)))
+    run_sql(con, f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {columns} FROM {name}_arrow")
+
+
+def _drop_files_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    run_sql(con, f"DROP VIEW IF EXISTS {name}")
+    try:
+        con.unregister(f"{name}_arrow")
+    except duckdb.Error:
+        pass
+
+
+def _raw_files_sql(ds: Dataset, files: Sequence[str]) -> str:
+    """DuckDB query over local data files with the lake's own column types."""
+    if not files:
+        typed = ", ".join(
+            f"CAST(NULL AS {_DUCK_LAKE_TYPES[str(f.type)]}) AS {quote_ident(f.name)}"
+            for f in lake_schema(ds)
+        )
+        return f"SELECT {typed} LIMIT 0"
+    columns = ", ".join(quote_ident(c) for c in lake_columns(ds))
+    listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+    if not ds.partition_by:
+        return f"SELECT {columns} FROM read_parquet({listed})"
+    hive_types = ", ".join(
+        f"'{key}': {'DATE' if key == DATE_KEY else 'VARCHAR'}" for key in ds.partition_by
     )
+    return (
+        f"SELECT {columns} FROM read_parquet({listed}, hive_partitioning = true, "
+        f"hive_types = {{{hive_types}}})"
+    )
+
+
+_DUCK_LAKE_TYPES = {
+    "string": "VARCHAR",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    f"decimal128({NUMERIC_PRECISION}, {NUMERIC_SCALE})": (
+        f"DECIMAL({NUMERIC_PRECISION}, {NUMERIC_SCALE})"
+    ),
+    "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
+    "date32[day]": "DATE",
+}
 
 
 def _remove_old_format(root: Path, ds: Dataset) -> None:
@@ -605,8 +674,12 @@ def check_table(con: duckdb.DuckDBPyConnection, lake: Lake, ds: Dataset) -> Lake
         l_rows, l_sum, version = 0, 0, None
     else:
         version = table.version()
-        rel = con.from_arrow(table.to_pyarrow_dataset())
-        ((l_rows, l_sum),) = rel.aggregate(checksum_sql(ds)).fetchall()
+        paths = table.get_add_actions(flatten=True).column("path").to_pylist()
+        files_view(con, lake, ds, paths, "_lake_whole")
+        try:
+            ((l_rows, l_sum),) = run_sql(con, f"SELECT {checksum_sql(ds)} FROM _lake_whole")
+        finally:
+            _drop_files_view(con, "_lake_whole")
     return LakeCheck(ds.name, version, int(w_rows), int(l_rows), int(w_sum), int(l_sum))
 
 
