@@ -374,8 +374,10 @@ def test_lake_maintenance_command_and_job_run_outside_the_micro_batch(
     assert main(["lake", "history", OPERATION_RUNS.name]) == 0
     history = capsys.readouterr().out.splitlines()
     assert history[0].startswith("v2  OPTIMIZE") and "append" in history[1]
-    micro = defs.resolve_job_def("export_microbatch_job")
-    assert "compact_and_vacuum_lake" not in {n.name for n in micro.graph.node_defs}
+    for name in ("export_microbatch_job", "export_backfill_job"):
+        nodes = {n.name for n in defs.resolve_job_def(name).graph.node_defs}
+        assert "compact_and_vacuum_lake" not in nodes, name
+        assert not [n for n in nodes if n.endswith("lake_matches_warehouse")], name
     pipe.con = duckdb.connect(str(pipe.settings.warehouse_path))
 
 

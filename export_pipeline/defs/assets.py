@@ -233,7 +233,15 @@ EXPORT_SELECTION = (
             for name in (BATCH_FITS_CONTRACT, NO_ROWS_DEAD_LETTERED, NO_DEAD_LETTERS_EXHAUSTED)
         )
     )
-    | dg.AssetSelection.groups("lake")
+    # The lake assets with their per-commit check; not the daily whole-table comparison
+    # (lake_matches_warehouse, in lake_check_job): no full-table work in a micro-batch.
+    | dg.AssetSelection.groups("lake").without_checks()
+    | dg.AssetSelection.checks(
+        *(
+            dg.AssetCheckKey(dg.AssetKey(["lake", ds.name]), "lake_commit_verified")
+            for ds in DATASETS
+        )
+    )
 )
 
 #: The micro-batch over all datasets. In-process: steps run one after the other in one process,
