@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 DATE_KEY = "_date"
 #: Rows per Arrow record batch streamed from the warehouse into a Delta write.
 STREAM_BATCH_ROWS = 100_000
+#: Rows per Parquet row group written to the lake (bounds a whole-table write's memory).
+ROW_GROUP_ROWS = 16_384
 #: Vacuum keeps files removed from the table for this long (7 days, Delta's own default): an
 #: analysts' catalog or a time-travel read of a version younger than this always finds its files.
 DEFAULT_RETENTION_HOURS = 168
@@ -382,23 +385,106 @@ def _overwrite(
     """Replace the table's content by the whole warehouse table, in one commit."""
     from deltalake import write_deltalake
 
-    if lake.is_local:
-        _remove_old_format(Path(lake.root.removeprefix("file://")), ds)
     schema = lake_schema(ds)
     ((rows,),) = run_sql(con, f"SELECT count(*) FROM {quote_ident(ds.name)}")
-    rel = con.sql(f"SELECT {select_list(ds)} FROM {quote_ident(ds.name)}")
+    query = f"SELECT {select_list(ds)} FROM {quote_ident(ds.name)}"
+    props = _commit_properties(application, last, metadata)
+    if lake.is_local:
+        root = Path(lake.root.removeprefix("file://"))
+        _remove_old_format(root, ds)
+        _commit_local_files(con, lake, ds, query, "overwrite", props)
+        return int(rows)
     write_deltalake(
         lake.uri(ds),
-        _stream(rel, schema, ds),
+        _stream(con.sql(query), schema, ds),
         mode="overwrite",
         schema_mode="overwrite",
         partition_by=list(ds.partition_by) or None,
         storage_options=lake.options(),
-        commit_properties=_commit_properties(application, last, metadata),
+        commit_properties=props,
         name=ds.name,
         description=ds.description,
+        writer_properties=_writer_properties(),
     )
     return int(rows)
+
+
+def _commit_local_files(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    ds: Dataset,
+    query: str,
+    mode: Literal["append", "overwrite"],
+    props: object,
+) -> None:
+    """Write ``query``'s rows as data files with DuckDB, then commit them in one Delta commit.
+
+    For a whole table: delta-rs's writer keeps every partition's file open in memory until the
+    end (measured: +320 MB for 500k rows over 168 partitions, ~3 GB for the 5M events of scale
+    1); DuckDB's partitioned COPY streams within its memory limit. Files land in a staging
+    directory inside the table, move to their partition directories, and only the commit makes
+    them part of the table: a crash before it leaves unreferenced files, which vacuum removes.
+    """
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable, Schema
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    table_dir = Path(lake.uri(ds).removeprefix("file://"))
+    staging = table_dir / f"_staging-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    target = str(staging).replace("'", "''")
+    options = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880"
+    if ds.partition_by:
+        keys = ", ".join(quote_ident(k) for k in ds.partition_by)
+        options += f", PARTITION_BY ({keys}), FILENAME_PATTERN 'part-{{uuid}}'"
+    else:
+        target += "/part-" + uuid.uuid4().hex + ".parquet"
+    run_sql(con, f"COPY ({query}) TO '{target}' ({options})")
+    crash_point("lake.writing", ds.name)
+    actions = []
+    for written in sorted(staging.rglob("*.parquet")):
+        relative = written.relative_to(staging)
+        final = table_dir / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(written, final)
+        values = dict(part.split("=", 1) for part in relative.parts[:-1])
+        stat = final.stat()
+        actions.append(
+            AddAction(
+                path=relative.as_posix(),
+                size=stat.st_size,
+                partition_values={k: unquote(v) for k, v in values.items()},
+                modification_time=int(stat.st_mtime * 1000),
+                data_change=True,
+                stats=json.dumps({"numRecords": pq.read_metadata(final).num_rows}),
+            )
+        )
+    shutil.rmtree(staging, ignore_errors=True)
+    schema = Schema.from_arrow(lake_schema(ds))
+    partition_by = list(ds.partition_by) or None
+    if DeltaTable.is_deltatable(str(table_dir)):
+        table = DeltaTable(str(table_dir))
+        table.create_write_transaction(actions, mode, schema, partition_by, commit_properties=props)
+    else:
+        create_table_with_add_actions(
+            str(table_dir),
+            schema,
+            actions,
+            mode="overwrite",
+            partition_by=partition_by,
+            name=ds.name,
+            description=ds.description,
+            commit_properties=props,
+        )
+
+
+def _writer_properties():  # noqa: ANN202
+    """Small row groups: delta-rs keeps an open writer per partition, each buffering its row
+    group uncompressed until full; a whole-table write over many partitions would otherwise
+    hold most of the table in memory."""
+    from deltalake import WriterProperties
+
+    return WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
 
 
 def _apply(
