@@ -317,12 +317,40 @@ def worker_ours(params: dict) -> dict:
     return out
 
 
+def _install_lake_timer() -> list[dict]:
+    """Time every ``lake.sync`` call (the Delta commits) in this process; return the log."""
+    from export_pipeline import lake
+
+    log: list[dict] = []
+    original = lake.sync
+
+    def timed(con, target, datasets):
+        t0 = time.perf_counter()
+        results = original(con, target, datasets)
+        log.append(
+            {
+                "datasets": [ds.name for ds in datasets],
+                "seconds": round(time.perf_counter() - t0, 3),
+                "commits": [
+                    {"dataset": r.dataset, "kind": r.kind, "rows": r.rows, "version": r.version}
+                    for r in results
+                ],
+            }
+        )
+        return results
+
+    lake.sync = timed
+    return log
+
+
 def worker_dagster(params: dict) -> dict:
-    """One micro-batch through Dagster (``run_microbatch``): its start-up over the batch time."""
+    """One micro-batch through Dagster (``run_microbatch``): its start-up over the batch time,
+    and the time its Delta commits took (``lake_seconds``)."""
     t0 = time.perf_counter()
     import export_pipeline.definitions  # noqa: F401  (imports are start-up, reported apart)
     from export_pipeline.cli import run_microbatch
 
+    lake_log = _install_lake_timer()
     t_import = time.perf_counter() - t0
     t1 = time.perf_counter()
     success, run_id, rows = run_microbatch()
@@ -342,6 +370,8 @@ def worker_dagster(params: dict) -> dict:
         "import_seconds": t_import,
         "batch_seconds": batches,
         "dagster_overhead_seconds": total - batches,
+        "lake_seconds": round(sum(x["seconds"] for x in lake_log), 3),
+        "lake_syncs": lake_log,
         "success": success,
         "rows": sum(r["extracted"] for r in rows),
     }
@@ -569,6 +599,7 @@ def machine_facts(dsn: str) -> dict:
         "dagster",
         "sqlalchemy",
         "dlt",
+        "deltalake",
         "connectorx",
     ):
         try:
@@ -610,6 +641,7 @@ class Bench:
         self.dsn = dsn
         self.workroot = workroot
         self.records: list[dict] = []
+        self.scale = args.scale
 
     def env(self, workdir: Path) -> dict:
         env = dict(os.environ)
@@ -627,7 +659,14 @@ class Bench:
         return env
 
     def record(self, repeat: int, contender: str, phase: str, result: dict, **extra) -> dict:
-        rec = {"repeat": repeat, "contender": contender, "phase": phase, **result, **extra}
+        rec = {
+            "scale": self.scale,
+            "repeat": repeat,
+            "contender": contender,
+            "phase": phase,
+            **result,
+            **extra,
+        }
         self.records.append(rec)
         secs = result.get("seconds")
         rows = result.get("rows")
@@ -650,7 +689,7 @@ class Bench:
         for repeat in range(1, self.args.repeat + 1):
             print(f"repeat {repeat}/{self.args.repeat}", flush=True)
             counts = source_counts(self.dsn)
-            rdir = self.workroot / f"r{repeat}"
+            rdir = self.workroot / f"s{self.scale:g}" / f"r{repeat}"
             rdir.mkdir(parents=True, exist_ok=True)
             if wanted("copy"):
                 res = run_worker("copy", {"dsn": self.dsn}, self.env(rdir / "copy"))
@@ -671,6 +710,12 @@ class Bench:
             if wanted("ours"):
                 res = run_worker("ours", {"dsn": self.dsn}, self.env(ours_dir))
                 self.record(repeat, "export_pipeline", "full", res)
+                # The path a user runs first: `export-pipeline run` on an empty data dir, one
+                # Dagster run exporting every dataset and committing the whole lake.
+                e2e = rdir / "ours_first_run"
+                e2e.mkdir(parents=True, exist_ok=True)
+                res = run_worker("dagster", {"dsn": self.dsn}, self.env(e2e))
+                self.record(repeat, "export_pipeline", "first_full_run", res)
 
             n_entities = round(
                 INCREMENTAL_SHARE
@@ -691,9 +736,10 @@ class Bench:
                 res = run_worker("ours", {"dsn": self.dsn}, self.env(ours_dir))
                 self.record(repeat, "export_pipeline", "microbatch", res)
                 if repeat == 1:
-                    # The first Dagster run also publishes the whole lake for the first time
-                    # (the direct calls above never publish); the second, after another
-                    # micro-batch's worth of source changes, is the steady state a schedule sees.
+                    # The first Dagster run on this data dir also commits the whole lake for the
+                    # first time (the direct calls above only record pending lake changes); the
+                    # second, after another micro-batch's worth of source changes, is the steady
+                    # state a schedule sees.
                     res = run_worker("dagster", {"dsn": self.dsn}, self.env(ours_dir))
                     self.record(repeat, "export_pipeline", "dagster_first_run", res)
                     new_events(self.dsn, MICROBATCH_EVENTS, f"dg{repeat}")
@@ -847,6 +893,13 @@ def pyspy_stages(raw: Path) -> dict[str, float]:
 
 
 def aggregate(records: list[dict]) -> list[dict]:
+    rows = []
+    for scale in sorted({r.get("scale") for r in records}, key=lambda x: x or 0):
+        rows += _aggregate_scale([r for r in records if r.get("scale") == scale], scale)
+    return rows
+
+
+def _aggregate_scale(records: list[dict], scale: float | None) -> list[dict]:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         if "skipped" not in r:
@@ -860,8 +913,9 @@ def aggregate(records: list[dict]) -> list[dict]:
         secs = [r["seconds"] for r in recs]
         s = _summary(secs)
         nrows = recs[0].get("rows")
-        full = phase == "full"
+        full = phase in ("full", "first_full_run")
         row = {
+            "scale": scale,
             "contender": contender,
             "phase": phase,
             "rows": nrows,
@@ -870,21 +924,21 @@ def aggregate(records: list[dict]) -> list[dict]:
             "runs": len(recs),
             "rows_per_s": (nrows / s["min"]) if nrows else None,
             "mb_per_s": (copy_bytes / 2**20 / s["min"]) if (copy_bytes and full) else None,
-            "ratio_to_copy_min": (s["min"] / copy_min) if (copy_min and phase == "full") else None,
-            "ratio_to_copy_median": (s["median"] / copy_median)
-            if (copy_median and phase == "full")
-            else None,
+            "ratio_to_copy_min": (s["min"] / copy_min) if (copy_min and full) else None,
+            "ratio_to_copy_median": (s["median"] / copy_median) if (copy_median and full) else None,
             "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in recs),
             "process_wall_s": min(r.get("process_wall_seconds", 0) for r in recs),
         }
-        if phase.startswith("dagster"):
+        if phase.startswith("dagster") or phase == "first_full_run":
             row["dagster_overhead_s"] = min(r["dagster_overhead_seconds"] for r in recs)
             row["import_s"] = min(r["import_seconds"] for r in recs)
+            row["lake_s"] = min(r.get("lake_seconds", 0.0) for r in recs)
             row["steps_seconds"] = recs[0].get("steps_seconds", {})
         rows.append(row)
     order = ["copy_limit", "dlt_pyarrow", "dlt_connectorx", "export_pipeline"]
     phases = [
         "full",
+        "first_full_run",
         "incremental",
         "microbatch",
         "dagster_first_run",
@@ -895,6 +949,73 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
+#: Issue 12's targets.
+TARGET_DAGSTER_RUN_S = 3.0  # micro-batch through Dagster at scale 1, steady state
+TARGET_SCALE_GROWTH = 1.25  # the same at scale 2, over scale 1
+TARGET_FIRST_RUN_X_COPY = 4.0  # first full run end to end (warehouse + lake), x COPY limit
+TARGET_RSS_MB = 1024.0  # peak RSS of any of our runs, at scales 1 and 2
+
+
+def _row(summary: list[dict], scale: float, contender: str, phase: str) -> dict | None:
+    return next(
+        (
+            r
+            for r in summary
+            if r["scale"] == scale and r["contender"] == contender and r["phase"] == phase
+        ),
+        None,
+    )
+
+
+def targets(summary: list[dict]) -> list[dict]:
+    """Issue 12's targets against this run: one line each, with the measured figure."""
+    out = []
+    scales = sorted({r["scale"] for r in summary})
+    for scale in scales:
+        run = _row(summary, scale, "export_pipeline", "dagster_run")
+        if run and scale == 1:
+            out.append(
+                {
+                    "target": "micro-batch through Dagster, steady state (s), scale 1",
+                    "limit": TARGET_DAGSTER_RUN_S,
+                    "measured": run["seconds_min"],
+                }
+            )
+        first = _row(summary, scale, "export_pipeline", "first_full_run")
+        if first and first["ratio_to_copy_min"] is not None:
+            out.append(
+                {
+                    "target": f"first full run end to end, x COPY limit, scale {scale:g}",
+                    "limit": TARGET_FIRST_RUN_X_COPY,
+                    "measured": first["ratio_to_copy_min"],
+                }
+            )
+        ours = [r for r in summary if r["scale"] == scale and r["contender"] == "export_pipeline"]
+        if ours:
+            worst = max(ours, key=lambda r: r["peak_rss_mb"])
+            out.append(
+                {
+                    "target": f"peak RSS of our runs (MB), scale {scale:g} ({worst['phase']})",
+                    "limit": TARGET_RSS_MB,
+                    "measured": worst["peak_rss_mb"],
+                }
+            )
+    one, two = _row(summary, 1, "export_pipeline", "dagster_run"), None
+    if 2 in scales:
+        two = _row(summary, 2, "export_pipeline", "dagster_run")
+    if one and two:
+        out.append(
+            {
+                "target": "micro-batch through Dagster, scale 2 over scale 1",
+                "limit": TARGET_SCALE_GROWTH,
+                "measured": two["seconds_min"] / one["seconds_min"],
+            }
+        )
+    for t in out:
+        t["met"] = t["measured"] <= t["limit"]
+    return out
+
+
 def markdown(summary: list[dict], facts: dict, args: argparse.Namespace, when: str) -> str:
     def f(v, fmt):
         return "–" if v is None else format(v, fmt)
@@ -903,53 +1024,74 @@ def markdown(summary: list[dict], facts: dict, args: argparse.Namespace, when: s
         "copy_limit": "binary COPY to nowhere (psycopg)",
         "dlt_pyarrow": "no validation, no dead letters",
         "dlt_connectorx": "no validation, no dead letters",
-        "export_pipeline": "validate + dead letters + keyed upsert",
+        "export_pipeline": "validate + dead letters + keyed upsert (no lake)",
     }
     lines = [
-        f"Run {when}, scale {args.scale}, {args.repeat} repeat(s); "
+        f"Run {when}, scale(s) {', '.join(f'{x:g}' for x in args.scales)}, "
+        f"{args.repeat} repeat(s); "
         f"{facts['logical_cores']} cores ({facts['cpu_model']}), {facts['ram_gib']} GiB RAM, "
         f"{facts['postgresql']}, duckdb {facts['libraries']['duckdb']}, "
+        f"deltalake {facts['libraries'].get('deltalake', '?')}, "
         f"dlt {facts['libraries']['dlt']}, connectorx {facts['libraries']['connectorx']}, "
         f"commit {facts['git_commit']}{' (package modified)' if facts['package_dirty'] else ''}.",
-        "",
-        "| contender | phase | rows | time min (s) | time median (s) | rows/s | MB/s | "
-        "× COPY (min) | peak RSS (MB) | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in summary:
-        note = notes[r["contender"]] if r["phase"] == "full" else ""
-        if r["phase"] == "dagster_first_run":
-            note = (
-                "the first run through Dagster, which also publishes the whole lake for the "
-                f"first time: {r['dagster_overhead_s']:.1f} s over the ledger's batch durations"
+    checked = targets(summary)
+    if checked:
+        lines += [
+            "",
+            "Targets (issue 12):",
+            "",
+            "| target | limit | measured | met |",
+            "|---|---:|---:|---|",
+        ]
+        for t in checked:
+            miss = "" if t["met"] else f" (missed by {t['measured'] / t['limit'] - 1:.0%})"
+            lines.append(
+                f"| {t['target']} | {t['limit']:g} | {t['measured']:.2f} | "
+                f"{'yes' if t['met'] else 'no' + miss} |"
             )
-        if r["phase"] == "dagster_run":
-            direct = next(
-                (
-                    x
-                    for x in summary
-                    if x["contender"] == r["contender"] and x["phase"] == "microbatch"
-                ),
-                None,
-            )
-            note = (
-                "another micro-batch (10k events, 1k entities) through `run_microbatch()`, "
-                "publishing the lake partitions it changed: "
-                f"{r['dagster_overhead_s']:.1f} s over the ledger's batch durations"
-                + (
-                    f", {r['seconds_min'] - direct['seconds_min']:.1f} s over the direct call"
-                    if direct
-                    else ""
+    for scale in sorted({r["scale"] for r in summary}):
+        lines += [
+            "",
+            f"Scale {scale:g}:",
+            "",
+            "| contender | phase | rows | time min (s) | time median (s) | rows/s | MB/s | "
+            "× COPY (min) | peak RSS (MB) | notes |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in (x for x in summary if x["scale"] == scale):
+            note = notes[r["contender"]] if r["phase"] == "full" else ""
+            if r["phase"] == "first_full_run":
+                note = (
+                    "`export-pipeline run` on an empty data dir: one Dagster run, every "
+                    f"dataset into the warehouse and the Delta lake (lake {r['lake_s']:.1f} s); "
+                    f"imports {r['import_s']:.1f} s before it (not counted)"
                 )
-                + f"; imports {r['import_s']:.1f} s before it (not counted); "
-                + f"process wall {r['process_wall_s']:.1f} s"
+            if r["phase"] == "dagster_first_run":
+                note = (
+                    "the first Dagster run on the direct calls' warehouse: it also commits the "
+                    f"whole lake for the first time (lake {r['lake_s']:.1f} s)"
+                )
+            if r["phase"] == "dagster_run":
+                direct = _row(summary, scale, r["contender"], "microbatch")
+                note = (
+                    "another micro-batch (10k events, 1k entities) through `run_microbatch()`, "
+                    f"one Delta commit per dataset (lake {r['lake_s']:.2f} s): "
+                    f"{r['dagster_overhead_s']:.1f} s over the ledger's batch durations"
+                    + (
+                        f", {r['seconds_min'] - direct['seconds_min']:.1f} s over the direct call"
+                        if direct
+                        else ""
+                    )
+                    + f"; imports {r['import_s']:.1f} s before it (not counted); "
+                    + f"process wall {r['process_wall_s']:.1f} s"
+                )
+            lines.append(
+                f"| {r['contender']} | {r['phase']} | {f(r['rows'], ',')} | "
+                f"{r['seconds_min']:.2f} | {r['seconds_median']:.2f} | "
+                f"{f(r['rows_per_s'], ',.0f')} | {f(r['mb_per_s'], '.0f')} | "
+                f"{f(r['ratio_to_copy_min'], '.2f')} | {r['peak_rss_mb']:.0f} | {note} |"
             )
-        lines.append(
-            f"| {r['contender']} | {r['phase']} | {f(r['rows'], ',')} | "
-            f"{r['seconds_min']:.2f} | {r['seconds_median']:.2f} | {f(r['rows_per_s'], ',.0f')} "
-            f"| {f(r['mb_per_s'], '.0f')} | {f(r['ratio_to_copy_min'], '.2f')} | "
-            f"{r['peak_rss_mb']:.0f} | {note} |"
-        )
     lines.append("")
     lines.append(
         "MB/s: binary-COPY bytes of the same rows over the time. Times exclude interpreter "
@@ -968,7 +1110,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {stage:<46} {share:6.1f}")
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="seed scale (1 = 1M runs)")
+    parser.add_argument(
+        "--scale",
+        default="1,2",
+        help="seed scale(s), comma-separated (1 = 1M runs; default 1,2: the issue's targets)",
+    )
     parser.add_argument("--days", type=int, default=7, help="days of seeded history")
     parser.add_argument("--repeat", type=int, default=3, help="repeats (min and median)")
     parser.add_argument(
@@ -992,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
         help="embedded PostgreSQL data dir (default: a temp dir, removed at the end)",
     )
     args = parser.parse_args(argv)
+    args.scales = [float(x) for x in str(args.scale).split(",") if x.strip()]
     args.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
@@ -1015,15 +1162,21 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts(dsn)
     print(json.dumps(facts, indent=1), flush=True)
     seed_info: dict[str, Any] = {}
-    if not args.reuse_source:
-        print(f"seeding the source at scale {args.scale} ...", flush=True)
-        t0 = time.perf_counter()
-        report = seed_source(dsn, scale=args.scale, days=args.days)
-        seed_info = {"seconds": time.perf_counter() - t0, "rows": report.rows}
-        print(f"  seeded in {seed_info['seconds']:.1f} s: {report.rows}", flush=True)
     bench = Bench(args, dsn, workroot)
+    profile = None
     try:
-        bench.run()
+        for scale in args.scales:
+            bench.scale = args.scale = scale
+            if not args.reuse_source:
+                print(f"seeding the source at scale {scale:g} ...", flush=True)
+                t0 = time.perf_counter()
+                report = seed_source(dsn, scale=scale, days=args.days)
+                seed_info[f"{scale:g}"] = {
+                    "seconds": time.perf_counter() - t0,
+                    "rows": report.rows,
+                }
+                print(f"  seeded in {seed_info[f'{scale:g}']['seconds']:.1f} s: {report.rows}")
+            bench.run()
         profile = bench.profile() if args.profile else None
     finally:
         summary = aggregate(bench.records)
@@ -1035,16 +1188,17 @@ def main(argv: list[str] | None = None) -> int:
             "machine": facts,
             "seed": seed_info,
             "summary": summary,
+            "targets": targets(summary),
             "records": bench.records,
         }
-        if args.profile and "profile" in locals() and profile:
+        if profile:
             result["profile"] = profile
         out = RESULTS_DIR / f"{args.stamp}.json"
         out.write_text(json.dumps(result, indent=1, default=str))
         (RESULTS_DIR / f"{args.stamp}.md").write_text(table + "\n")
         print()
         print(table)
-        if args.profile and "profile" in locals() and profile:
+        if profile:
             print("\nprofile (stage timers, s):")
             for k, v in sorted(profile.get("stages", {}).items(), key=lambda x: -x[1]):
                 print(f"  {k:<40} {v:8.2f}")

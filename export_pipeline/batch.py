@@ -20,7 +20,7 @@ from typing import Literal
 
 import duckdb
 
-from export_pipeline import extract, load, source_session, validate
+from export_pipeline import extract, lake, load, source_session, validate
 from export_pipeline.config import Settings, redact_dsn
 from export_pipeline.contract import DUAL_PUBLISH, Dataset
 from export_pipeline.extract import KeySet, Window
@@ -187,6 +187,7 @@ def _run_dataset_batch_once(
                 crash_point("extract", ds.name)
         crash_point("validated", ds.name)
         outcomes = load.apply_classified(con, ds, batch_id)
+        lake.record_change(con, ds, batch_id, outcomes["insert"], outcomes["update"])
         by_reason = dict(
             run_sql(con, f"SELECT reason, count(*) FROM {load.STAGE_DEAD_LETTERS} GROUP BY ALL")
         )
@@ -300,6 +301,7 @@ def _publish_successor(
     ensure_schema(con, (later,))
     stage = load.stage_successor(con, ds, later)
     outcomes = load.apply_classified(con, later, primary.batch_id, stage, dead_letters=False)
+    lake.record_change(con, later, primary.batch_id, outcomes["insert"], outcomes["update"])
     dead = validation_dead + sum(outcomes[o] for o in load.DEAD_LETTER_OUTCOMES)
     counted = BatchResult(
         **{

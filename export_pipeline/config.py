@@ -27,6 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Micro-batch schedule period bounds (the contract's cadence), and the reconcile default cron.
 MICROBATCH_MINUTES_RANGE = (5, 15)
 DEFAULT_RECONCILE_CRON = "0 3 * * *"
+DEFAULT_LAKE_MAINTENANCE_CRON = "30 3 * * *"
 
 
 class ConfigError(ValueError):
@@ -67,10 +68,21 @@ class Settings:
     source_connect_timeout_seconds: float = 10.0
     source_statement_timeout_seconds: float = 3600.0
     source_lock_timeout_seconds: float = 30.0
+    #: Root of the lake's Delta tables (EXPORT_LAKE_URI); None means ``<data_dir>/lake``.
+    lake_location: str | None = None
+    #: Vacuum keeps files a version younger than this still needs (EXPORT_LAKE_RETENTION_HOURS).
+    lake_retention_hours: int = 168
+    #: When the lake's compaction and vacuum run (EXPORT_LAKE_MAINTENANCE_CRON, UTC).
+    lake_maintenance_cron: str = DEFAULT_LAKE_MAINTENANCE_CRON
 
     @property
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def lake_uri(self) -> str:
+        """A local directory or an ``s3://bucket/prefix`` URI; one Delta table per dataset."""
+        return self.lake_location or str(self.data_dir / "lake")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +120,13 @@ class Settings:
                 env, "EXPORT_SOURCE_STATEMENT_TIMEOUT_SECONDS", 3600.0
             ),
             source_lock_timeout_seconds=_number(env, "EXPORT_SOURCE_LOCK_TIMEOUT_SECONDS", 30.0),
+            lake_location=_lake_uri(env),
+            lake_retention_hours=int(
+                _number(env, "EXPORT_LAKE_RETENTION_HOURS", 168, minimum=1, integer=True)
+            ),
+            lake_maintenance_cron=_cron(
+                env, "EXPORT_LAKE_MAINTENANCE_CRON", DEFAULT_LAKE_MAINTENANCE_CRON
+            ),
         )
 
     def source_session_dsn(self, dsn: str) -> str:
@@ -275,6 +294,24 @@ def _source_relations(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{name}={raw!r} is not a schema-qualified relation (schema.name)")
         out.append((dataset, raw.strip()))
     return tuple(out)
+
+
+def _lake_uri(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("EXPORT_LAKE_URI") or "").strip()
+    if not raw:
+        return None
+    scheme = urlsplit(raw).scheme
+    if scheme in ("s3", "s3a"):
+        if not urlsplit(raw).netloc:
+            raise ConfigError(f"EXPORT_LAKE_URI={raw!r} names no bucket (s3://BUCKET/prefix)")
+        return raw.rstrip("/")
+    if scheme == "file":
+        raw = urlsplit(raw).path
+    elif scheme:
+        raise ConfigError(
+            f"EXPORT_LAKE_URI={raw!r}: a local directory or s3://bucket/prefix (got {scheme}://)"
+        )
+    return str(Path(raw).expanduser().resolve())
 
 
 def _check_dsn(dsn: str) -> None:

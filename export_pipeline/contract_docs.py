@@ -183,10 +183,17 @@ def render_dictionary(datasets: tuple[Dataset, ...] = DATASETS) -> str:
         "<!-- Generated from export_pipeline/contract.py by `export-pipeline contract docs`. "
         "Do not edit by hand: a test fails when this file differs from the code. -->",
         "",
-        "Every dataset below is a DuckDB table in `$EXPORT_DATA_DIR/warehouse.duckdb`, a Parquet "
-        "dataset under `$EXPORT_DATA_DIR/lake/<dataset>/` and a view in "
-        "`$EXPORT_DATA_DIR/analytics.duckdb`. Warehouse tables also carry `_batch_id` and "
-        "`_loaded_at` (the batch that last wrote the row, and when).",
+        "Every dataset below is a DuckDB table in `$EXPORT_DATA_DIR/warehouse.duckdb`, a Delta "
+        "Lake table at `$EXPORT_LAKE_URI/<dataset>` (default `$EXPORT_DATA_DIR/lake/<dataset>`) "
+        "and a view in `$EXPORT_DATA_DIR/analytics.duckdb`. Warehouse tables also carry "
+        "`_batch_id` and `_loaded_at` (the batch that last wrote the row, and when).",
+        "",
+        "What a Delta reader (Spark, Polars, deltalake, DuckDB over the files) sees: the "
+        "contract's columns, with `uuid` and `jsonb` as strings (canonical text; never 16-byte "
+        "binary), `numeric` as `decimal(18, 6)`, `timestamptz` as UTC microsecond timestamps, "
+        "and the partition columns below as real columns (`_date` is a `date`). Entity tables "
+        "hold the current version of each key (a version-guarded MERGE applies each change); "
+        "the analysts' views cast uuids and JSON back to their contract types.",
         "",
         "Example queries for DuckDB, Polars and pandas, and the DuckDB version that reads the "
         "catalog: [queries.md](queries.md).",
@@ -264,9 +271,9 @@ def render_dictionary(datasets: tuple[Dataset, ...] = DATASETS) -> str:
         "dual-publish window.",
         "- **Accounting identity per batch**: `extracted = inserted + updated + unchanged + "
         "stale + dead_lettered`, or the batch does not commit.",
-        "- **Lake equals warehouse**: after each publish, row count and checksum (sum of row "
-        "hashes) of every dataset's lake match its table (Dagster check "
-        "`lake_matches_warehouse`).",
+        "- **Lake equals warehouse**: each Delta commit holds exactly the rows it was given "
+        "(count and checksum of the batch, Dagster check `lake_commit_verified`), and daily the "
+        "whole table's row count and checksum match the warehouse's (`lake_matches_warehouse`).",
         "- **Additive-only governance**: a test compares the contract in code with the released "
         "snapshot (`export_pipeline/contract_snapshots/v1.json`) and fails on a removed, renamed "
         "or retyped column or a nullable column made required. New nullable columns are added "

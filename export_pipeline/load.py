@@ -24,8 +24,7 @@ import pyarrow as pa
 
 from export_pipeline.contract import Dataset
 from export_pipeline.extract import quote_ident
-from export_pipeline.publish import partition_sql
-from export_pipeline.warehouse import DUCKDB_TYPES, constraint_sql, mark_all_dirty, run_sql
+from export_pipeline.warehouse import DUCKDB_TYPES, constraint_sql, run_sql
 
 Outcome = Literal[
     "insert", "update", "unchanged", "stale", "uniqueness_violation", "version_conflict"
@@ -304,17 +303,6 @@ def _bulk_create(con: duckdb.DuckDBPyConnection, ds: Dataset, source: str, batch
     )
     for statement in constraint_sql(ds):
         run_sql(con, statement)
-    mark_all_dirty(con, ds)  # a new table: whatever the lake held is recomputed
-
-
-def _mark_dirty(con: duckdb.DuckDBPyConnection, ds: Dataset, rows_sql: str) -> None:
-    """Record the lake partitions of ``rows_sql``'s rows as changed (see ``publish``)."""
-    run_sql(
-        con,
-        f"INSERT OR IGNORE INTO _lake_dirty SELECT DISTINCT $dataset, {partition_sql(ds)} "
-        f"FROM ({rows_sql})",
-        {"dataset": ds.name},
-    )
 
 
 class DuplicateKeyError(AssertionError):
@@ -386,14 +374,6 @@ def apply_classified(
     staged = sum(outcomes.values())
     rows = f"{stage} s JOIN {CLASSIFIED} c USING (_ord)"
     if outcomes["update"]:
-        # The lake partitions the replaced rows leave (an append row's cursor may have moved).
-        _mark_dirty(
-            con,
-            ds,
-            f"SELECT t.* FROM {target} t SEMI JOIN "
-            f"(SELECT s.* FROM {rows} WHERE c._outcome = 'update') u "
-            f"ON {_match('t', 'u', ds.primary_key)}",
-        )
         run_sql(
             con,
             f"DELETE FROM {target} USING (SELECT s.* FROM {rows} WHERE c._outcome = 'update') u "
@@ -405,10 +385,9 @@ def apply_classified(
         source = f"{rows} WHERE c._outcome IN ('insert', 'update')"
     if outcomes["insert"] >= BULK_LOAD_MIN_ROWS and not outcomes["update"] and _empty(con, ds):
         # A new table holding only the batch's winners (one row per key and per guard, by
-        # classification): nothing to re-check, and every lake partition is marked at once.
+        # classification): nothing to re-check.
         _bulk_create(con, ds, source, batch_id)
     elif outcomes["insert"] or outcomes["update"]:
-        _mark_dirty(con, ds, f"SELECT s.* FROM {source}")
         run_sql(
             con,
             f"INSERT INTO {target} ({_cols(ds)}, _batch_id, _loaded_at) "

@@ -69,7 +69,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] 
     column since the table was created) is added, nullable, so existing rows read null. Nothing
     is ever dropped or retyped here; the contract's governance test forbids such changes.
     """
-    had_dirty_table = bool(
+    had_old_lake = bool(
         run_sql(
             con,
             "SELECT 1 FROM duckdb_tables() WHERE table_name = '_lake_dirty' "
@@ -79,8 +79,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] 
     run_sql(con, read_sql("warehouse", "create_meta_tables.sql"))
     for ds in datasets:
         run_sql(con, create_table_sql(ds))
-        if not had_dirty_table:  # changes since the last publish are unknown: recompute all
-            mark_all_dirty(con, ds)
+        if had_old_lake:  # an earlier release's Parquet lake: rewrite it as a Delta table
+            request_lake_rewrite(con, ds)
         present = {
             name
             for (name,) in run_sql(
@@ -98,15 +98,17 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, datasets: tuple[Dataset, ...] 
                     f"ALTER TABLE {quote_ident(ds.name)} "
                     f"ADD COLUMN {quote_ident(c.name)} {DUCKDB_TYPES[c.type]}",
                 )
-                mark_all_dirty(con, ds)  # every row's fingerprint now covers the new column
+                request_lake_rewrite(con, ds)  # the lake table gains the column too
+    if had_old_lake:
+        run_sql(con, "DROP TABLE _lake_dirty")
 
 
-def mark_all_dirty(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
-    """Make the next publish of ``ds`` recompute every partition's fingerprint."""
+def request_lake_rewrite(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
+    """Make the next lake sync rewrite ``ds``'s Delta table from the warehouse (see ``lake``)."""
     run_sql(
         con,
-        "INSERT OR IGNORE INTO _lake_dirty VALUES ($dataset, '*')",
-        {"dataset": ds.name},
+        read_sql("lake", "insert_lake_change.sql"),
+        {"dataset": ds.name, "batch_id": "*", "inserted": 0, "updated": 0},
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from export_pipeline import publish
+from export_pipeline import lake
 from export_pipeline.config import Settings
 from export_pipeline.contract import DATASETS, Dataset
 from export_pipeline.extract import quote_ident
@@ -225,13 +225,18 @@ class State:
         return cls(out)
 
 
+def row_hash_sql(ds: Dataset) -> str:
+    """Hash of a row over every contract column (the content checksum's summand)."""
+    return f"hash({', '.join(quote_ident(c) for c in ds.column_names)})"
+
+
 def _dataset_state(con: Any, ds: Dataset, data_dir: Path) -> DatasetState:
     table = quote_ident(ds.name)
     keys = ", ".join(quote_ident(k) for k in ds.primary_key)
     ((rows, distinct, content),) = run_sql(
         con,
         f"SELECT count(*), count(DISTINCT ({keys})), "
-        f"coalesce(sum({publish.row_hash_sql(ds)}), 0) FROM {table}",
+        f"coalesce(sum({row_hash_sql(ds)}), 0) FROM {table}",
     )
     letters = run_sql(
         con,
@@ -239,9 +244,13 @@ def _dataset_state(con: Any, ds: Dataset, data_dir: Path) -> DatasetState:
         "WHERE dataset = $dataset ORDER BY ALL",
         {"dataset": ds.name},
     )
-    lake = publish.lake_select_sql(ds, publish.current_version_dir(data_dir, ds))
+    # What an analyst reads: the newest Delta version's files, cast to the contract's types.
+    current = lake.table_version(
+        lake.lake_for(Settings.from_env({"EXPORT_DATA_DIR": str(data_dir)})), ds
+    )
+    lake_sql = lake.read_sql_over_files(ds, current.files)
     ((lake_rows, lake_content),) = run_sql(
-        con, f"SELECT count(*), coalesce(sum({publish.row_hash_sql(ds)}), 0) FROM ({lake})"
+        con, f"SELECT count(*), coalesce(sum({row_hash_sql(ds)}), 0) FROM ({lake_sql})"
     )
     return DatasetState(
         rows=int(rows),

@@ -1,6 +1,6 @@
 """Crash recovery: SIGKILL at every stage, then a normal run, equals one uninterrupted run.
 
-Every scenario runs the real CLI (a Dagster run in the process, DuckDB file, Parquet lake) against a
+Every scenario runs the real CLI (a Dagster run in the process, DuckDB file, Delta lake) against a
 copy of a seeded PostgreSQL database. ``EXPORT_CRASH_AT`` (``export_pipeline.faults``) kills the
 process at a named point; the random-kill test kills a real run at a random moment instead.
 After each kill we compare content checksums per table (warehouse, dead letters, lake), not
@@ -147,13 +147,19 @@ def test_reference_runs_load_every_dataset_with_dead_letters_and_a_lake(
 # --- kills at named points ----------------------------------------------------------------------
 
 BATCH_POINTS = ["extract", "validated", "load", "committed"]
-PUBLISH_POINTS = [p for p in CRASH_POINTS if p.startswith("publish.")]
 #: A dataset to kill in that is not the first: others have committed, or are still to come.
 SECOND = DATASETS[1].name
+#: Kills inside the Delta commit (rows streaming into new files) and right after it (before the
+#: warehouse forgets the change): an append dataset, and an entity merge.
+LAKE_POINTS = [
+    *(p for p in CRASH_POINTS if p.startswith("lake.")),
+    f"lake.writing:{COMPANY_ENTITIES.name}",
+    f"lake.committed:{PERSON_ENTITIES.name}",
+]
 
 
 @pytest.mark.parametrize(
-    "crash_at", [*BATCH_POINTS, f"load:{SECOND}", f"committed:{SECOND}", *PUBLISH_POINTS]
+    "crash_at", [*BATCH_POINTS, f"load:{SECOND}", f"committed:{SECOND}", *LAKE_POINTS]
 )
 def test_kill_during_an_incremental_run_then_a_normal_run_equals_an_uninterrupted_run(
     crash_at: str,

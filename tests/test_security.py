@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 from rows import SourceRows, ago, decoded, default_row, new_id
 
+from export_pipeline import lake
 from export_pipeline.analytics import refresh_catalog, run_query
 from export_pipeline.batch import run_backfill, run_dataset_batch
 from export_pipeline.cli import main
@@ -54,7 +55,6 @@ from export_pipeline.contract import (
     Dataset,
 )
 from export_pipeline.dead_letters import list_letters
-from export_pipeline.publish import check_lake, publish_dataset
 from export_pipeline.redact import (
     ANCHORS,
     REDACTED,
@@ -595,7 +595,7 @@ def test_no_planted_secret_reaches_any_output_of_a_cli_run(
     seen = scan.seen[planted.marker]
     for ds in DATASETS:
         assert any(w.endswith(f"warehouse.duckdb:main.{ds.name}") for w in seen), ds.name
-        assert any("lake/.versions/" in w and ds.name in w and "decoded" in w for w in seen)
+        assert any(f"lake/{ds.name}/" in w and "decoded" in w for w in seen), ds.name
     assert any(w.endswith("warehouse.duckdb:main.dx_dead_letter") for w in seen)
     assert any(w.startswith("dead-letter list") for w in seen)
     assert any(w.startswith("query") for w in seen)
@@ -1067,8 +1067,7 @@ def test_a_data_dir_path_holding_quotes_reaches_sql_escaped(
     with open_warehouse(settings.warehouse_path, memory_limit="256MB") as con:
         run_dataset_batch(OPERATION_RUNS, source_dsn=source.dsn, con=con, settings=settings)
         for ds in DATASETS:
-            publish_dataset(con, ds, settings.data_dir)
-            assert check_lake(con, ds, settings.data_dir).passed
+            assert lake.check_table(con, lake.lake_for(settings), ds).passed
         ((spill,),) = run_sql(con, "SELECT current_setting('temp_directory')")
     refresh_catalog(settings.data_dir)
 
@@ -1104,7 +1103,7 @@ SPLICED_ON_PURPOSE = {
     ("export_pipeline/load.py", "successor.version"): "a contract version label from the code",
     ("export_pipeline/load.py", "ds.version_column"): "a contract column name, as a check name",
     ("export_pipeline/load.py", "g"): "contract column names of a uniqueness guard, as a name",
-    ("export_pipeline/publish.py", "key"): "a contract partition key name (Hive path, types)",
+    ("export_pipeline/lake.py", "key"): "a contract partition key name (Hive path, types)",
     ("export_pipeline/reconcile.py", "name"): "a contract key column name, as a JSON path",
     ("export_pipeline/reconcile.py", "c"): "a contract key column name, as a JSON path",
 }

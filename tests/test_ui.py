@@ -170,3 +170,7 @@ def test_ui_shows_schedules_partitioned_assets_with_checks_and_runs_a_three_day_
         con.close()
     assert dict(batches) == {OPERATION_RUNS.name: 3, COMPANY_ENTITIES.name: 3}
     assert runs > 0
+    # The UI backfill selected warehouse assets only; the lake follows all the same.
+    from deltalake import DeltaTable
+
+    assert DeltaTable(str(data_dir / "lake" / OPERATION_RUNS.name)).count() == runs

@@ -92,7 +92,7 @@ def test_env_example_lists_every_setting_with_the_codes_defaults() -> None:
         if match:
             example[match.group(1)] = match.group(2).strip().strip('"')
     # Examples of a real URL and of a relation mapping, not defaults (unset means the default).
-    examples = {"EXPORT_SOURCE_DSN", "EXPORT_SOURCE_SCHEMA"}
+    examples = {"EXPORT_SOURCE_DSN", "EXPORT_SOURCE_SCHEMA", "EXPORT_LAKE_URI"}
     defaults = {
         k: v
         for k, v in example.items()

@@ -1,4 +1,4 @@
-"""Analysts' commands: `publish`, `query`, `contract docs`."""
+"""Analysts' commands: `publish` (bring the lake up to date), `query`, `contract docs`."""
 
 from __future__ import annotations
 
@@ -14,16 +14,25 @@ from export_pipeline.config import Settings
 
 def register(sub: argparse._SubParsersAction) -> None:
     publish = sub.add_parser(
-        "publish", help="publish the warehouse to the Parquet lake and refresh analytics.duckdb"
+        "publish",
+        help="bring the Delta lake up to date with the warehouse, compare them whole, and "
+        "refresh analytics.duckdb",
     )
     publish.add_argument(
-        "--rebuild", action="store_true", help="rewrite every partition from the warehouse"
+        "--rebuild", action="store_true", help="rewrite every lake table from the warehouse"
     )
     publish.set_defaults(func=cmd_publish)
 
     query = sub.add_parser("query", help="run a read-only SQL query over the lake's views")
     query.add_argument("sql", help='e.g. "SELECT * FROM runs_per_day ORDER BY day"')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.add_argument(
+        "--version",
+        action="append",
+        type=_dataset_version,
+        metavar="DATASET=N",
+        help="read an older Delta version of a dataset (time travel; repeatable)",
+    )
     query.set_defaults(func=cmd_query)
 
     contract = sub.add_parser("contract", help="the export contract as documents")
@@ -35,36 +44,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     docs.set_defaults(func=cmd_contract_docs)
 
 
+def _dataset_version(text: str) -> tuple[str, int]:
+    from export_pipeline.cli import dataset_name
+
+    name, sep, number = text.partition("=")
+    if not sep or not number.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected DATASET=VERSION, e.g. runs=3")
+    return dataset_name(name.strip()), int(number)
+
+
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     import duckdb
 
-    from export_pipeline import analytics, publish
+    from export_pipeline import analytics, lake
     from export_pipeline.cli import CliError
     from export_pipeline.contract import DATASETS
     from export_pipeline.warehouse import open_warehouse
 
     if not settings.warehouse_path.exists():
         raise CliError(f"no warehouse at {settings.warehouse_path} yet: run `export-pipeline run`")
+    target = lake.lake_for(settings)
     failed = []
     try:
         with open_warehouse(settings.warehouse_path) as con:
-            print(f"{'dataset':<24} {'rows':>9} {'written':>8} {'kept':>6} {'removed':>8}  check")
+            if args.rebuild:
+                for ds in DATASETS:
+                    lake.request_rewrite(con, ds)
+            print(f"{'dataset':<24} {'version':>7} {'commit':<9} {'rows':>9}  check")
             for ds in DATASETS:
-                r = publish.publish_dataset(con, ds, settings.data_dir, rebuild=args.rebuild)
-                check = publish.check_lake(con, ds, settings.data_dir)
+                synced = lake.sync(con, target, (ds,))
+                check = lake.check_table(con, target, ds)
                 if not check.passed:
                     failed.append(ds.name)
+                kind = (synced[0].kind if synced else None) or "-"
+                version = "-" if check.version is None else str(check.version)
                 print(
-                    f"{ds.name:<24} {r.rows:>9,} {r.partitions_written:>8,} "
-                    f"{r.partitions_linked:>6,} {r.partitions_removed:>8,}  "
+                    f"{ds.name:<24} {version:>7} {kind:<9} {check.lake_rows:>9,}  "
                     f"{'ok' if check.passed else 'MISMATCH'}"
                 )
     except duckdb.IOException as exc:
         first = str(exc).splitlines()[0]
         raise CliError(f"warehouse {settings.warehouse_path} is busy: {first}") from None
-    catalog = analytics.refresh_catalog(settings.data_dir)
-    print(f"lake:      {publish.lake_root(settings.data_dir)}")
-    print(f"analytics: {analytics.analytics_path(settings.data_dir)} -> {catalog.path.name}")
+    catalog = analytics.refresh_catalog(settings.data_dir, lake=target)
+    print(f"lake:      {target.root}")
+    if catalog.path is not None:
+        print(f"analytics: {analytics.analytics_path(settings.data_dir)} -> {catalog.path.name}")
     if failed:
         raise CliError(f"lake does not match the warehouse for: {', '.join(failed)}")
     return 0
@@ -85,9 +109,15 @@ def _plain(value: object) -> object:
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     from export_pipeline.analytics import QueryError, run_query
     from export_pipeline.cli import CliError
+    from export_pipeline.lake import lake_for
 
     try:
-        names, rows = run_query(settings.data_dir, args.sql)
+        names, rows = run_query(
+            settings.data_dir,
+            args.sql,
+            lake=lake_for(settings),
+            versions=dict(args.version or []),
+        )
     except QueryError as exc:
         raise CliError(str(exc)) from None
     if args.format == "json":

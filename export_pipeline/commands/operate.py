@@ -141,6 +141,9 @@ def cmd_dead_letter_replay(args: argparse.Namespace, settings: Settings) -> int:
                 f"{name}: replayed {outcome.retried}: {outcome.resolved} resolved, "
                 f"{outcome.still_open} still open, {outcome.exhausted} exhausted"
             )
+            from export_pipeline import lake
+
+            lake.sync(con, lake.lake_for(settings), (dataset(name),))  # rows now loaded
     return 0
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, date, timedelta
 
 import dagster as dg
 
+from export_pipeline import lake
 from export_pipeline.config import Settings
 from export_pipeline.contract import DATASETS, Dataset
 from export_pipeline.defs.assets import export_microbatch_job
@@ -84,6 +85,7 @@ def build_reconcile_checks(ds: Dataset) -> dg.AssetChecksDefinition:
                 repair=tags.get(RECONCILE_REPAIR_TAG, "true") != "false",
                 run_id=context.run.run_id,
             )
+            lake.sync(con, lake.lake_for(settings), (ds,))  # repairs reach the lake too
         for name in names:
             check, severity = RECONCILE_CHECKS[name]
             mine = [r for r in results if r.check == check]

@@ -87,10 +87,19 @@ CREATE TABLE IF NOT EXISTS _export_watermarks (
     updated_at TIMESTAMPTZ NOT NULL
 );
 
--- Lake partitions (publish.partition_sql) whose warehouse rows changed since the last publish;
--- '*' means "recompute every partition" (a new table, a new column, an older warehouse).
-CREATE TABLE IF NOT EXISTS _lake_dirty (
+-- Warehouse batches whose rows the lake has not received yet (lake.sync drains them after each
+-- commit, one Delta commit per dataset). batch_id '*' asks for a whole-table rewrite.
+CREATE SEQUENCE IF NOT EXISTS _lake_change_seq;
+CREATE TABLE IF NOT EXISTS _lake_changes (
+    seq       BIGINT PRIMARY KEY,            -- increasing: the lake's Delta app transaction version
     dataset   VARCHAR NOT NULL,
-    partition VARCHAR NOT NULL,
-    PRIMARY KEY (dataset, partition)
+    batch_id  VARCHAR NOT NULL,              -- the rows of the table with this _batch_id
+    loaded_at TIMESTAMPTZ NOT NULL,          -- their _loaded_at (lets zone maps skip older rows)
+    inserted  BIGINT NOT NULL,
+    updated   BIGINT NOT NULL
 );
+
+-- This warehouse's identity, created once: the lake's Delta commits are recorded under it.
+CREATE TABLE IF NOT EXISTS _warehouse_identity (warehouse_id VARCHAR NOT NULL);
+INSERT INTO _warehouse_identity SELECT uuid()::VARCHAR
+WHERE NOT EXISTS (SELECT 1 FROM _warehouse_identity);
