@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 
 from export_pipeline.contract import NUMERIC_PRECISION, NUMERIC_SCALE, LogicalType
 
@@ -27,28 +28,38 @@ class ContractType:
     #: The Polars dtype validated rows have (a uuid travels as its 16 bytes, Arrow's
     #: ``arrow.uuid`` storage, never as text).
     polars: pl.DataType
+    #: The Arrow type of the lake's Delta tables (uuids as text: every engine reads them).
+    lake: pa.DataType
 
 
 TYPES: dict[LogicalType, ContractType] = {
-    "uuid": ContractType(frozenset({"uuid"}), "uuid", "UUID", pl.Binary()),
+    "uuid": ContractType(frozenset({"uuid"}), "uuid", "UUID", pl.Binary(), pa.string()),
     "text": ContractType(
-        frozenset({"text", "character varying", "character"}), "text", "VARCHAR", pl.String()
+        frozenset({"text", "character varying", "character"}),
+        "text",
+        "VARCHAR",
+        pl.String(),
+        pa.string(),
     ),
-    "int": ContractType(frozenset({"integer", "smallint"}), "integer", "INTEGER", pl.Int32()),
+    "int": ContractType(
+        frozenset({"integer", "smallint"}), "integer", "INTEGER", pl.Int32(), pa.int32()
+    ),
     "bigint": ContractType(
-        frozenset({"bigint", "integer", "smallint"}), "bigint", "BIGINT", pl.Int64()
+        frozenset({"bigint", "integer", "smallint"}), "bigint", "BIGINT", pl.Int64(), pa.int64()
     ),
     "numeric": ContractType(
         frozenset({"numeric", "integer", "bigint", "smallint", "real", "double precision"}),
         "numeric",
         f"DECIMAL({NUMERIC_PRECISION}, {NUMERIC_SCALE})",
         pl.Decimal(NUMERIC_PRECISION, NUMERIC_SCALE),
+        pa.decimal128(NUMERIC_PRECISION, NUMERIC_SCALE),
     ),
     "timestamptz": ContractType(
         frozenset({"timestamp with time zone"}),
         "timestamptz",
         "TIMESTAMPTZ",
         pl.Datetime("us", "UTC"),
+        pa.timestamp("us", tz="UTC"),
     ),
-    "jsonb": ContractType(frozenset({"jsonb", "json"}), "jsonb", "JSON", pl.String()),
+    "jsonb": ContractType(frozenset({"jsonb", "json"}), "jsonb", "JSON", pl.String(), pa.string()),
 }

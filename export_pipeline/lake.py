@@ -50,6 +50,7 @@ import duckdb
 import pyarrow as pa
 
 from export_pipeline.contract import NUMERIC_PRECISION, NUMERIC_SCALE, Dataset, LogicalType
+from export_pipeline.contract_types import TYPES
 from export_pipeline.extract import quote_ident
 from export_pipeline.faults import crash_point
 from export_pipeline.sqlfiles import read_sql
@@ -79,15 +80,8 @@ META_KIND = "export_pipeline.kind"
 
 CommitKind = Literal["append", "merge", "overwrite"]
 
-ARROW_TYPES: dict[LogicalType, pa.DataType] = {
-    "uuid": pa.string(),
-    "text": pa.string(),
-    "int": pa.int32(),
-    "bigint": pa.int64(),
-    "numeric": pa.decimal128(NUMERIC_PRECISION, NUMERIC_SCALE),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-    "jsonb": pa.string(),
-}
+#: The lake's Arrow type of each logical type (a view of the one type table).
+ARROW_TYPES: dict[LogicalType, pa.DataType] = {name: t.lake for name, t in TYPES.items()}
 
 
 # --- where the lake is ----------------------------------------------------------------------

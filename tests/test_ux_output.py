@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -149,7 +150,10 @@ def test_exit_codes_are_one_table_in_the_readme_and_the_help() -> None:
 
 def test_seed_and_backfill_show_progress_on_stderr(env: dict) -> None:
     """Steps that take minutes at scale must show they are moving (reconcile ran 6 min silent)."""
-    seeded = cli("source", "seed", "--scale", "0.0005", "--days", "3", env=env)
+    own = urlsplit(env["EXPORT_SOURCE_DSN"]).path.strip("/")  # the test's own database
+    seeded = cli(
+        "source", "seed", "--scale", "0.0005", "--days", "3", "--i-own-this-database", own, env=env
+    )
     assert seeded.returncode == 0, seeded.stderr
     steps = [line for line in seeded.stderr.splitlines() if line.startswith("  ... seeding")]
     assert len(steps) == 5 and "(5/5," in steps[-1]
