@@ -365,3 +365,39 @@ def test_status_mix_is_judged_per_tenant_against_its_own_baseline(pipe: Pipeline
     assert by_org[small_calm].passed and by_org[big].passed
     # all orgs together the small outage drowns (8% against 5%): why each tenant is judged alone
     assert by_org[None].passed
+
+
+def test_reconciliation_checks_keep_their_result_after_the_next_micro_batch(
+    pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Checks on the dataset assets went back to "not evaluated" after every micro-batch (the
+    UI shows a check against its asset's latest materialization); on the reconciliation asset,
+    which only the reconcile job materializes, the last result stays, with its reasons."""
+    import dagster as dg
+
+    from export_pipeline.definitions import defs
+    from export_pipeline.defs.operations import reconciliation_key
+
+    day = TODAY - timedelta(days=1)
+    pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 6))
+    pipe.con.close()
+    monkeypatch.setenv("EXPORT_SOURCE_DSN", pipe.src.dsn)
+    monkeypatch.setenv("EXPORT_DATA_DIR", str(pipe.settings.data_dir))
+    with dg.instance_for_test() as instance:
+        reconciled = defs.resolve_job_def("reconcile_job").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        microbatch = defs.resolve_job_def("export_microbatch_job").execute_in_process(
+            instance=instance, raise_on_error=False, partition_key=TODAY.isoformat()
+        )
+        assert microbatch.success
+        key = reconciliation_key(OPERATION_RUNS)
+        latest = instance.get_latest_materialization_event(key)
+        assert latest is not None and latest.run_id == reconciled.run_id
+        evaluations = {
+            e.check_name: e for e in reconciled.get_asset_check_evaluations() if e.asset_key == key
+        }
+    content = evaluations["content_matches_source"]
+    # the micro-batch had not run yet: the run was missing, repaired, and the check says so
+    assert content.passed and content.metadata["keys_repaired"].value == 1
+    assert evaluations["rows_match_source"].passed
