@@ -188,6 +188,11 @@ def _same(ds: Dataset, left: str, right: str, skip: tuple[str, ...] = ()) -> str
     )
 
 
+def _row_hash_all(ds: Dataset, alias: str) -> str:
+    """DuckDB's 64-bit hash of every contract column of a row (equal rows, equal hashes)."""
+    return "hash(" + ", ".join(f"{alias}.{quote_ident(c)}" for c in ds.column_names) + ")"
+
+
 def _differing_columns(ds: Dataset, left: str, right: str) -> str:
     names = [
         f"CASE WHEN {left}.{quote_ident(c)} IS DISTINCT FROM {right}.{quote_ident(c)} "
@@ -293,12 +298,18 @@ def compare_window(
     params = {"start": window.start, "end": window.end, "dataset": ds.name}
     _create_source_stage(con, ds)
     _stage_source(src, con, ds, window, settings, now)
-    cols = ", ".join(f"t.{quote_ident(c)}" for c in ds.column_names)
+    version = quote_ident(ds.version_column) if ds.version_column else None
+    # The warehouse side, narrow: key, a hash of every contract column, version, batch.
+    narrow = (
+        ", ".join(f"t.{quote_ident(c)}" for c in ds.primary_key)
+        + f", t._batch_id, {_key_text(ds, 't')} AS _k, {_row_hash_all(ds, 't')} AS _h, "
+        + (f"t.{version}" if version else "NULL::BIGINT")
+        + " AS _version"
+    )
     run_sql(
         con,
-        f"CREATE OR REPLACE TEMP TABLE {WAREHOUSE} AS SELECT {cols}, t._batch_id, "
-        f"{_key_text(ds, 't')} AS _k, true AS _in_window FROM {table} AS t "
-        f"WHERE t.{cursor} > $start AND t.{cursor} <= $end",
+        f"CREATE OR REPLACE TEMP TABLE {WAREHOUSE} AS SELECT {narrow}, true AS _in_window "
+        f"FROM {table} AS t WHERE t.{cursor} > $start AND t.{cursor} <= $end",
         {"start": window.start, "end": window.end},
     )
     run_sql(
@@ -315,11 +326,11 @@ def compare_window(
     ((elsewhere,),) = run_sql(
         con, f"SELECT count(*) FROM ({source_keys}) AS s ANTI JOIN {WAREHOUSE} USING (_k)"
     )
+    key_match = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in ds.primary_key)
     if elsewhere:
-        key_match = " AND ".join(f"t.{quote_ident(c)} = s.{quote_ident(c)}" for c in ds.primary_key)
         run_sql(
             con,
-            f"INSERT INTO {WAREHOUSE} SELECT {cols}, t._batch_id, {_key_text(ds, 't')}, false "
+            f"INSERT INTO {WAREHOUSE} SELECT {narrow}, false "
             f"FROM {table} AS t SEMI JOIN {SOURCE} AS s ON {key_match} "
             f"WHERE NOT (t.{cursor} > $start AND t.{cursor} <= $end)",
             {"start": window.start, "end": window.end},
@@ -335,17 +346,45 @@ def compare_window(
     )
     if orphans:
         _stage_source(src, con, ds, KeySet(tuple(k for (k,) in orphans)), settings, now)
-    version = quote_ident(ds.version_column) if ds.version_column else None
+    source_narrow = ", ".join(
+        f"s.{quote_ident(c)}" for c in (*ds.primary_key, *([ds.version_column] if version else []))
+    )
+    run_sql(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE _recon_source_narrow AS SELECT {source_narrow}, "
+        f"s._by_key, {_key_text(ds, 's')} AS _k, {_row_hash_all(ds, 's')} AS _h "
+        f"FROM {SOURCE} AS s",
+    )
+    # Whole rows are compared, column by column, only where the hashes differ.
+    run_sql(
+        con,
+        "CREATE OR REPLACE TEMP TABLE _recon_detail (_k VARCHAR, columns VARCHAR[], "
+        "same_but_version BOOLEAN)",
+    )
+    pairs = (
+        f"SELECT s._k FROM _recon_source_narrow AS s JOIN {WAREHOUSE} AS w USING (_k) "
+        "WHERE s._h <> w._h"
+    )
+    if run_sql(con, f"{pairs} LIMIT 1"):
+        same_but_version = _same(ds, "s", "w", (ds.version_column or "",)) if version else "false"
+        w_keys = " AND ".join(f"t.{quote_ident(c)} = p.{quote_ident(c)}" for c in ds.primary_key)
+        run_sql(
+            con,
+            f"INSERT INTO _recon_detail SELECT s._k, {_differing_columns(ds, 's', 'w')}, "
+            f"{same_but_version} FROM (SELECT * FROM (SELECT s.*, {_key_text(ds, 's')} AS _k "
+            f"FROM {SOURCE} AS s) AS s WHERE _k IN ({pairs})) "
+            f"AS s JOIN (SELECT t.*, {_key_text(ds, 't')} AS _k FROM {table} AS t WHERE t.rowid "
+            f"IN (SELECT t.rowid FROM {table} AS t SEMI JOIN (SELECT * FROM {WAREHOUSE} "
+            f"WHERE _k IN ({pairs})) AS p ON {w_keys})) AS w USING (_k)",
+        )
     upsert = version is not None
     sv = f"s.{version}" if version else "NULL::BIGINT"
-    wv = f"w.{version}" if version else "NULL::BIGINT"
-    same_but_version = _same(ds, "s", "w", (ds.version_column or "",)) if version else "false"
     load_reasons = "[" + ", ".join(_literal_name(r) for r in LOAD_REASONS) + "]"
     run_sql(
         con,
         f"""
 CREATE OR REPLACE TEMP TABLE {DIFF} AS
-WITH s AS (SELECT *, {_key_text(ds, "s")} AS _k FROM {SOURCE} AS s),
+WITH s AS (SELECT * FROM _recon_source_narrow),
 si AS (SELECT {_letter_key_text(ds, "x")} AS _k, any_value(record_key) AS record_key
        FROM {SOURCE_LETTERS} AS x GROUP BY ALL),
 l AS (SELECT _k, list(reason) AS reasons, any_value(record_key) AS record_key,
@@ -355,16 +394,14 @@ u AS (SELECT _k FROM s UNION SELECT _k FROM {WAREHOUSE} UNION SELECT _k FROM si
 k AS (
     SELECT u._k, s._k IS NOT NULL AS in_s, w._k IS NOT NULL AS in_w,
         si._k IS NOT NULL AS source_invalid, l._k IS NOT NULL AS lettered, l.reasons,
-        ({_same(ds, "s", "w")}) AS same, ({same_but_version}) AS same_but_version,
-        {sv} AS source_version, {wv} AS warehouse_version,
-        CASE WHEN s._k IS NOT NULL AND w._k IS NOT NULL
-             THEN {_differing_columns(ds, "s", "w")} END AS columns,
+        s._h = w._h AS same, coalesce(d.same_but_version, false) AS same_but_version,
+        {sv} AS source_version, w._version AS warehouse_version, d.columns,
         w._batch_id IN ({ledger_batches}) AS w_from_ledger,
         CASE WHEN s._k IS NOT NULL THEN {_record_key(ds, "s")}
              WHEN w._k IS NOT NULL THEN {_record_key(ds, "w")}
              ELSE coalesce(si.record_key, l.record_key) END AS record_key
     FROM u LEFT JOIN s USING (_k) LEFT JOIN {WAREHOUSE} AS w USING (_k)
-        LEFT JOIN si USING (_k) LEFT JOIN l USING (_k)
+        LEFT JOIN si USING (_k) LEFT JOIN l USING (_k) LEFT JOIN _recon_detail AS d USING (_k)
 )
 SELECT *, CASE
     WHEN source_invalid THEN CASE WHEN lettered THEN NULL ELSE 'dead_letter_missing' END
