@@ -216,9 +216,26 @@ LETTERS = "_recon_letters"
 DIFF = "_recon_diff"
 
 
+NARROW = "_recon_source_narrow"
+
+
+def _narrow_columns(ds: Dataset) -> tuple[str, ...]:
+    return (*ds.primary_key, *([ds.version_column] if ds.version_column else []))
+
+
 def _create_source_stage(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
+    """The source side: narrow rows (key, version, hash of every column) for every row read,
+    whole rows only for the keys whose hashes differ (read again by key), and dead letters."""
     columns = ", ".join(f"{quote_ident(c.name)} {DUCKDB_TYPES[c.type]}" for c in ds.columns)
     run_sql(con, f"CREATE OR REPLACE TEMP TABLE {SOURCE} ({columns}, _by_key BOOLEAN)")
+    narrow = ", ".join(
+        f"{quote_ident(c)} {DUCKDB_TYPES[ds.column(c).type]}" for c in _narrow_columns(ds)
+    )
+    run_sql(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE {NARROW} ({narrow}, _by_key BOOLEAN, _k VARCHAR, "
+        "_h UBIGINT)",
+    )
     run_sql(
         con,
         f"CREATE OR REPLACE TEMP TABLE {SOURCE_LETTERS} (record_key VARCHAR, org_id VARCHAR, "
@@ -233,33 +250,42 @@ def _stage_source(
     selection: Window | KeySet,
     settings: Settings,
     now: datetime,
+    whole_rows: bool = False,
 ) -> None:
-    """Read ``selection`` from the source as a batch would, into the source stage."""
-    by_key = isinstance(selection, KeySet)
-    casts = ", ".join(f"CAST({quote_ident(c.name)} AS {DUCKDB_TYPES[c.type]})" for c in ds.columns)
+    """Read ``selection`` from the source as a batch would (extract, redact, validate, cast);
+    stage each valid row narrow (the hash is of the very values a batch would store), or whole
+    with ``whole_rows``, and each dead letter."""
+    by_key = "true" if isinstance(selection, KeySet) else "false"
+    casts = ", ".join(
+        f"CAST({quote_ident(c.name)} AS {DUCKDB_TYPES[c.type]}) AS {quote_ident(c.name)}"
+        for c in ds.columns
+    )
+    if whole_rows:
+        statement = f"INSERT INTO {SOURCE} SELECT {casts}, {by_key} FROM _incoming"
+    else:
+        narrow = ", ".join(f"s.{quote_ident(c)}" for c in _narrow_columns(ds))
+        statement = (
+            f"INSERT INTO {NARROW} SELECT {narrow}, {by_key}, {_key_text(ds, 's')}, "
+            f"{_row_hash_all(ds, 's')} FROM (SELECT {casts} FROM _incoming) AS s"
+        )
     uuids = tuple(c.name for c in ds.columns if c.type == "uuid")
     # A window read also returns the rows whose cursor is null or infinite (they belong to no
     # day and are dead letters of every batch): a day's comparison leaves them out.
-    letter_filter = "" if by_key else "WHERE cursor_at IS NOT NULL"
+    letter_filter = "" if isinstance(selection, KeySet) else "WHERE cursor_at IS NOT NULL"
     for record_batch in extract.prefetch(
         extract.extract_window(src, ds, selection, settings.batch_size)
     ):
         checked = validate.validate_batch(ds, validate.to_frame(record_batch), now)
         if not checked.valid.is_empty():
-            load._insert_from(
-                con,
-                checked.valid,
-                f"INSERT INTO {SOURCE} SELECT {casts}, {'true' if by_key else 'false'} "
-                "FROM _incoming",
-                uuids,
-            )
-        if not checked.dead_letters.is_empty():
-            load._insert_from(
-                con,
-                checked.dead_letters,
-                f"INSERT INTO {SOURCE_LETTERS} SELECT record_key, org_id, cursor_at, reason, "
-                f"{'true' if by_key else 'false'} FROM _incoming {letter_filter}",
-            )
+            load._insert_from(con, checked.valid, statement, uuids)
+        if whole_rows or checked.dead_letters.is_empty():
+            continue
+        load._insert_from(
+            con,
+            checked.dead_letters,
+            f"INSERT INTO {SOURCE_LETTERS} SELECT record_key, org_id, cursor_at, reason, "
+            f"{by_key} FROM _incoming {letter_filter}",
+        )
 
 
 # --- comparing one window ---------------------------------------------------------------------
@@ -322,7 +348,7 @@ def compare_window(
         params,
     )
     # Source keys the warehouse holds outside the window (its cursor differs): fetch by key.
-    source_keys = f"SELECT {_key_text(ds, 's')} AS _k FROM {SOURCE} AS s"
+    source_keys = f"SELECT _k FROM {NARROW}"
     ((elsewhere,),) = run_sql(
         con, f"SELECT count(*) FROM ({source_keys}) AS s ANTI JOIN {WAREHOUSE} USING (_k)"
     )
@@ -331,7 +357,7 @@ def compare_window(
         run_sql(
             con,
             f"INSERT INTO {WAREHOUSE} SELECT {narrow}, false "
-            f"FROM {table} AS t SEMI JOIN {SOURCE} AS s ON {key_match} "
+            f"FROM {table} AS t SEMI JOIN {NARROW} AS s ON {key_match} "
             f"WHERE NOT (t.{cursor} > $start AND t.{cursor} <= $end)",
             {"start": window.start, "end": window.end},
         )
@@ -346,26 +372,21 @@ def compare_window(
     )
     if orphans:
         _stage_source(src, con, ds, KeySet(tuple(k for (k,) in orphans)), settings, now)
-    source_narrow = ", ".join(
-        f"s.{quote_ident(c)}" for c in (*ds.primary_key, *([ds.version_column] if version else []))
-    )
-    run_sql(
-        con,
-        f"CREATE OR REPLACE TEMP TABLE _recon_source_narrow AS SELECT {source_narrow}, "
-        f"s._by_key, {_key_text(ds, 's')} AS _k, {_row_hash_all(ds, 's')} AS _h "
-        f"FROM {SOURCE} AS s",
-    )
     # Whole rows are compared, column by column, only where the hashes differ.
     run_sql(
         con,
         "CREATE OR REPLACE TEMP TABLE _recon_detail (_k VARCHAR, columns VARCHAR[], "
         "same_but_version BOOLEAN)",
     )
-    pairs = (
-        f"SELECT s._k FROM _recon_source_narrow AS s JOIN {WAREHOUSE} AS w USING (_k) "
-        "WHERE s._h <> w._h"
+    pairs = f"SELECT s._k FROM {NARROW} AS s JOIN {WAREHOUSE} AS w USING (_k) WHERE s._h <> w._h"
+    differing = run_sql(
+        con,
+        f"SELECT DISTINCT {_record_key(ds, 's')} FROM {NARROW} AS s WHERE _k IN ({pairs})",
     )
-    if run_sql(con, f"{pairs} LIMIT 1"):
+    if differing:
+        _stage_source(
+            src, con, ds, KeySet(tuple(k for (k,) in differing)), settings, now, whole_rows=True
+        )
         same_but_version = _same(ds, "s", "w", (ds.version_column or "",)) if version else "false"
         w_keys = " AND ".join(f"t.{quote_ident(c)} = p.{quote_ident(c)}" for c in ds.primary_key)
         run_sql(
@@ -384,7 +405,7 @@ def compare_window(
         con,
         f"""
 CREATE OR REPLACE TEMP TABLE {DIFF} AS
-WITH s AS (SELECT * FROM _recon_source_narrow),
+WITH s AS (SELECT * FROM {NARROW}),
 si AS (SELECT {_letter_key_text(ds, "x")} AS _k, any_value(record_key) AS record_key
        FROM {SOURCE_LETTERS} AS x GROUP BY ALL),
 l AS (SELECT _k, list(reason) AS reasons, any_value(record_key) AS record_key,
@@ -423,7 +444,7 @@ FROM k
     )
     ((source_rows, warehouse_rows, dead_lettered),) = run_sql(
         con,
-        f"SELECT (SELECT count(*) FROM {SOURCE} WHERE NOT _by_key) "
+        f"SELECT (SELECT count(*) FROM {NARROW} WHERE NOT _by_key) "
         f"+ (SELECT count(*) FROM {SOURCE_LETTERS} WHERE NOT _by_key), "
         f"(SELECT count(*) FROM {WAREHOUSE} WHERE _in_window) + (SELECT count(*) FROM "
         f"{LETTERS} AS l WHERE l._in_window AND l._k NOT IN (SELECT _k FROM {WAREHOUSE})), "
