@@ -240,19 +240,21 @@ def test_chi_square_tail_matches_known_critical_values():
     assert chi_square_sf(0, 3) == 1.0
 
 
-def _insert_runs(pipe: Pipeline, day: date, mix: dict[str, float], n: int, rng, org: str) -> None:
-    statuses = rng.choices(list(mix), weights=list(mix.values()), k=n)
-    rows = [
-        (new_id(), "op", "act", "company", new_id(), org, status, 1, _at(day), _at(day))
-        for status in statuses
-    ]
-    pipe.con.executemany(
+def _insert_statuses(pipe: Pipeline, day: date, org: str, statuses: list[str]) -> None:
+    """Runs of one org and day straight into the warehouse, one statement (status tests)."""
+    run_sql(
+        pipe.con,
         f"INSERT INTO {OPERATION_RUNS.name} (export_schema_version, run_id, operation_id, "
         "action_id, entity_type, entity_id, org_id, status, attempt_count, started_at, "
         "created_at, _batch_id, _loaded_at) "
-        "VALUES ('v1', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'b', now())",
-        rows,
+        "SELECT 'v1', uuid(), 'op', 'act', 'company', uuid(), $org, status, 1, $at, $at, 'b', "
+        "now() FROM (SELECT unnest($statuses) AS status)",
+        {"org": org, "at": _at(day), "statuses": statuses},
     )
+
+
+def _insert_runs(pipe: Pipeline, day: date, mix: dict[str, float], n: int, rng, org: str) -> None:
+    _insert_statuses(pipe, day, org, rng.choices(list(mix), weights=list(mix.values()), k=n))
 
 
 NORMAL_MIX = {"succeeded": 0.85, "failed": 0.08, "skipped": 0.05, "canceled": 0.02}
@@ -329,18 +331,7 @@ def test_small_tenant_failure_jump_fires_and_ordinary_noise_does_not():
 
 
 def _insert_tenant_runs(pipe: Pipeline, day: date, org: str, failed: int, total: int) -> None:
-    rows = [
-        (new_id(), "op", "act", "company", new_id(), org, "failed" if i < failed else "succeeded",
-         1, _at(day), _at(day))
-        for i in range(total)
-    ]  # fmt: skip
-    pipe.con.executemany(
-        f"INSERT INTO {OPERATION_RUNS.name} (export_schema_version, run_id, operation_id, "
-        "action_id, entity_type, entity_id, org_id, status, attempt_count, started_at, "
-        "created_at, _batch_id, _loaded_at) "
-        "VALUES ('v1', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'b', now())",
-        rows,
-    )
+    _insert_statuses(pipe, day, org, ["failed"] * failed + ["succeeded"] * (total - failed))
 
 
 def test_status_mix_is_judged_per_tenant_against_its_own_baseline(pipe: Pipeline):
