@@ -302,6 +302,8 @@ class Comparison:
     examples: dict[str, list[dict[str, Any]]]
     #: Per differing key: kind, record_key JSON, versions (for acknowledgements).
     keys: list[dict[str, Any]]
+    #: Keys equal on both sides whose open dead letter is stale (re-read: it resolves).
+    stale_letters: tuple[str, ...] = ()
 
     @property
     def differing(self) -> int:
@@ -456,6 +458,11 @@ FROM k
         f"SELECT kind, record_key, _k, source_version, warehouse_version, columns, in_w "
         f"FROM {DIFF} WHERE kind IS NOT NULL ORDER BY kind, record_key",
     )
+    stale = run_sql(
+        con,
+        f"SELECT record_key FROM {DIFF} WHERE kind IS NULL AND lettered AND in_s AND in_w "
+        "AND same AND NOT source_invalid ORDER BY record_key",
+    )
     kinds: dict[str, int] = {}
     examples: dict[str, list[dict[str, Any]]] = {}
     for k in keys:
@@ -476,6 +483,7 @@ FROM k
         kinds=kinds,
         examples=examples,
         keys=keys,
+        stale_letters=tuple(k for (k,) in stale),
     )
 
 
@@ -549,6 +557,7 @@ def plan_repair(ds: Dataset, cmp: Comparison, policy: DeletePolicy) -> RepairPla
                 delete.append((k["_k"], kind))
             else:
                 resolve.append(k["record_key"])
+    reread += cmp.stale_letters  # equal rows: the re-read resolves their stale letters
     return RepairPlan(tuple(reread), tuple(delete), tuple(resolve))
 
 
@@ -1074,6 +1083,7 @@ def reconcile_day(
         still = {k["_k"] for k in after.keys}
         repair_done["repaired"] = len(attempted_keys - still)
         repair_done["attempted"] = attempted
+        repair_done["stale_letters_rechecked"] = len(before.stale_letters)
         repair_done["verified"] = "compared again after the repair"
     kept_kinds = ("source_version_regressed",) + (
         ("deleted_at_source",) if policy == "report" else ()

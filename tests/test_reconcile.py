@@ -22,6 +22,7 @@ from export_pipeline.contract import (
     OPERATION_RUNS,
     PERSON_ENTITIES,
 )
+from export_pipeline.extract import Window
 from export_pipeline.reconcile import (
     CheckResult,
     beta_binomial_sf,
@@ -164,6 +165,28 @@ def test_dead_lettered_entity_whose_fix_moved_to_another_day_is_repaired_by_key(
     assert (row["record_version"], row["employee_count"]) == (2, 10)
     assert [d["status"] for d in pipe.dead_letters(COMPANY_ENTITIES)] == ["resolved"]
     assert _check(results, "content_parity", letter_day).details["repair"]["inserted"] == 1
+
+
+def test_a_stale_version_conflict_letter_is_resolved_without_reporting_a_difference(
+    pipe: Pipeline,
+):
+    """The source rewrote a version in place and then reverted it: the warehouse is right, and
+    the conflict letter the micro-batch left must not stay open forever."""
+    day = TODAY - timedelta(days=1)
+    company = pipe.src.insert(COMPANY_ENTITIES, updated_at=_at(day, 5), canonical_name="A")
+    pipe.export(COMPANY_ENTITIES)
+    key = {"org_id": company["org_id"], "entity_id": company["entity_id"]}
+    pipe.src.update(COMPANY_ENTITIES, key, canonical_name="B")
+    pipe.export(COMPANY_ENTITIES, window=Window.days(day, day))
+    assert [d["reason"] for d in pipe.dead_letters(COMPANY_ENTITIES)] == ["version_conflict"]
+    pipe.src.update(COMPANY_ENTITIES, key, canonical_name="A")
+
+    results = _reconcile(pipe, COMPANY_ENTITIES, [day])
+
+    parity = _check(results, "content_parity", day)
+    assert parity.passed and parity.details["differences"] == {}
+    assert parity.details["repair"]["stale_letters_rechecked"] == 1
+    assert [d["status"] for d in pipe.dead_letters(COMPANY_ENTITIES)] == ["resolved"]
 
 
 def test_cli_reports_a_source_deletion_once_with_its_kind_and_key_then_acknowledges_it(
