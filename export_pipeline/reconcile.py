@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import adbc_driver_postgresql.dbapi as adbc
 import duckdb
+import polars as pl
 
 from export_pipeline import extract, load, validate
 from export_pipeline.batch import run_dataset_batch
@@ -1238,21 +1239,34 @@ def reconcile_dataset(
 def record_results(
     con: duckdb.DuckDBPyConnection, results: list[CheckResult], run_id: str | None
 ) -> None:
+    """All results in one statement (one INSERT per result cost ~30 ms each)."""
     run_sql(con, read_sql("reconcile", "create_reconciliation_tables.sql"))
-    for r in results:
-        run_sql(
-            con,
-            read_sql("reconcile", "insert_reconciliation_result.sql"),
-            {
-                "result_id": str(uuid.uuid4()),
-                "run_id": run_id,
-                "dataset": r.dataset,
-                "day": r.day,
-                "org_id": r.org_id,
-                "check_name": r.check,
-                "observed": None if r.observed is None else float(r.observed),
-                "expected": None if r.expected is None else float(r.expected),
-                "passed": r.passed,
-                "details": json.dumps(r.details, default=str),
-            },
-        )
+    if not results:
+        return
+    frame = pl.DataFrame(
+        {
+            "result_id": [str(uuid.uuid4()) for _ in results],
+            "run_id": [run_id] * len(results),
+            "dataset": [r.dataset for r in results],
+            "day": [r.day for r in results],
+            "org_id": [r.org_id for r in results],
+            "check_name": [r.check for r in results],
+            "observed": [None if r.observed is None else float(r.observed) for r in results],
+            "expected": [None if r.expected is None else float(r.expected) for r in results],
+            "passed": [r.passed for r in results],
+            "details": [json.dumps(r.details, default=str) for r in results],
+        },
+        schema={
+            "result_id": pl.String,
+            "run_id": pl.String,
+            "dataset": pl.String,
+            "day": pl.Date,
+            "org_id": pl.String,
+            "check_name": pl.String,
+            "observed": pl.Float64,
+            "expected": pl.Float64,
+            "passed": pl.Boolean,
+            "details": pl.String,
+        },
+    )
+    load._insert_from(con, frame, read_sql("reconcile", "insert_reconciliation_results.sql"))
