@@ -497,32 +497,44 @@ def _acknowledge(
     keys: list[dict[str, Any]],
     run_id: str | None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Remember kept states; return (the ones seen for the first time, how many were known)."""
-    new, known = [], 0
-    for k in keys:
-        found = run_sql(
-            con,
-            read_sql("reconcile", "select_acknowledged.sql"),
-            {"dataset": ds.name, "record_key": k["record_key"], "kind": k["kind"]},
+    """Remember kept states; return (the ones seen for the first time, how many were known).
+
+    A key is known when it was reported before with the same kind and versions."""
+    if not keys:
+        return [], 0
+    frame = pl.DataFrame(
+        {
+            "record_key": [k["record_key"] for k in keys],
+            "kind": [k["kind"] for k in keys],
+            "source_version": [k["source_version"] for k in keys],
+            "warehouse_version": [k["warehouse_version"] for k in keys],
+        },
+        schema={
+            "record_key": pl.String,
+            "kind": pl.String,
+            "source_version": pl.Int64,
+            "warehouse_version": pl.Int64,
+        },
+    )
+    run_sql(
+        con,
+        "CREATE OR REPLACE TEMP TABLE _recon_kept (record_key VARCHAR, kind VARCHAR, "
+        "source_version BIGINT, warehouse_version BIGINT)",
+    )
+    load._insert_from(con, frame, "INSERT INTO _recon_kept SELECT * FROM _incoming")
+    known = {
+        (record_key, kind)
+        for record_key, kind in run_sql(
+            con, read_sql("reconcile", "select_acknowledged.sql"), {"dataset": ds.name}
         )
-        same = found and tuple(found[0]) == (k["source_version"], k["warehouse_version"])
-        if same:
-            known += 1
-        else:
-            new.append(k)
-        run_sql(
-            con,
-            read_sql("reconcile", "merge_acknowledged.sql"),
-            {
-                "dataset": ds.name,
-                "record_key": k["record_key"],
-                "kind": k["kind"],
-                "source_version": k["source_version"],
-                "warehouse_version": k["warehouse_version"],
-                "run_id": run_id,
-            },
-        )
-    return new, known
+    }
+    run_sql(
+        con,
+        read_sql("reconcile", "merge_acknowledged.sql"),
+        {"dataset": ds.name, "run_id": run_id},
+    )
+    new = [k for k in keys if (k["record_key"], k["kind"]) not in known]
+    return new, len(keys) - len(new)
 
 
 # --- repair ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
--- Remember a kept state (first seen once; last seen and versions follow).
-INSERT INTO dx_reconciliation_acknowledged VALUES (
-    $dataset, $record_key, $kind, $source_version, $warehouse_version, now(), now(), $run_id
-)
+-- Remember this reconciliation's kept states (temp table _recon_kept): first seen once; last
+-- seen and versions follow.
+INSERT INTO dx_reconciliation_acknowledged
+SELECT $dataset, record_key, kind, source_version, warehouse_version, now(), now(), $run_id
+FROM _recon_kept
 ON CONFLICT (dataset, record_key, kind) DO UPDATE SET
     source_version = excluded.source_version,
     warehouse_version = excluded.warehouse_version,
