@@ -31,7 +31,7 @@ CRASH_POINTS = {
     "publish.renamed": "inside publishing: the new version renamed into place, not current",
     "publish.swapped": "publishing: the current-version link swapped, old versions not collected",
     "backfill.day": "inside a backfill: one day committed, more days to go",
-    "repair.bucket": "inside a reconciliation repair: one bucket re-extracted, more to go",
+    "repair.bucket": "inside a reconciliation: one day's repair batch committed, more to go",
 }
 
 _hits: Counter[str] = Counter()
