@@ -415,3 +415,34 @@ def test_reconciliation_checks_keep_their_result_after_the_next_micro_batch(
     # the micro-batch had not run yet: the run was missing, repaired, and the check says so
     assert content.passed and content.metadata["keys_repaired"].value == 1
     assert evaluations["rows_match_source"].passed
+
+
+def test_a_tenants_null_rate_jump_is_flagged_against_its_own_baseline(pipe: Pipeline):
+    """One small tenant losing its domains drowns in the overall rate; judged against its own
+    history it must show."""
+    judged = TODAY - timedelta(days=1)
+    small, big = new_id(), new_id()
+
+    def companies(day: date, org: str, missing: int, total: int) -> None:
+        run_sql(
+            pipe.con,
+            f"INSERT INTO {COMPANY_ENTITIES.name} (export_schema_version, org_id, company_id, "
+            "entity_id, canonical_name, canonical_domain, record_version, updated_at, _batch_id, "
+            "_loaded_at) SELECT 'v1', $org, uuid(), uuid(), 'n', "
+            "CASE WHEN i < $missing THEN NULL ELSE 'x.io' END, 1, $at, 'b', now() "
+            "FROM range($total) AS r(i)",
+            {"org": org, "missing": missing, "total": total, "at": _at(day)},
+        )
+
+    for back in range(2, 9):
+        companies(TODAY - timedelta(days=back), small, 1, 20)
+        companies(TODAY - timedelta(days=back), big, 20, 1000)
+    companies(judged, small, 12, 20)
+    companies(judged, big, 21, 1000)
+
+    results = null_rate_checks(COMPANY_ENTITIES, pipe.con, [judged], threshold=0.2)
+
+    domain = {r.org_id: r for r in results if r.details["field"] == "canonical_domain"}
+    assert domain[None].passed  # 33 of 1020 overall: under the threshold
+    assert not domain[small].passed and domain[small].details["hits"] == 12
+    assert domain[big].passed
