@@ -41,7 +41,7 @@ import duckdb
 import polars as pl
 
 from export_pipeline import extract, load, validate
-from export_pipeline.batch import run_dataset_batch
+from export_pipeline.batch import run_dataset_batch, scrub
 from export_pipeline.config import Settings
 from export_pipeline.contract import OPERATION_RUNS, RUN_STATUSES, Dataset
 from export_pipeline.extract import KeySet, Window, quote_ident
@@ -1089,9 +1089,13 @@ def reconcile_day(
             k["_k"] for k in before.keys if k["record_key"] in planned
         }
         attempted = len(attempted_keys)
-        repair_done = repair(
-            ds, plan, source_dsn=source_dsn, con=con, settings=settings, run_id=run_id
-        )
+        try:
+            repair_done = repair(
+                ds, plan, source_dsn=source_dsn, con=con, settings=settings, run_id=run_id
+            )
+        except Exception as exc:  # rolled back, ledger row written: report it, check the rest
+            log.warning("%s %s: repair failed: %s", ds.name, day, scrub(str(exc), source_dsn))
+            repair_done = {"error": scrub(f"{type(exc).__name__}: {exc}", source_dsn)}
         after = compare_window(ds, window, **compare)  # type: ignore[arg-type]
         still = {k["_k"] for k in after.keys}
         repair_done["repaired"] = len(attempted_keys - still)

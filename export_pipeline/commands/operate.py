@@ -132,7 +132,9 @@ def _print_reconciliation(results: list[dict]) -> None:
         print(f"  {name:<24} {check:<20} {len(rows):>7} {len(failing):>7} {repaired:>13}")
         for r in rows:
             repair = r["details"].get("repair")
-            if repair:
+            if repair and "error" in repair:
+                print(f"    REPAIR FAILED {r['day']}: {repair['error']}")
+            elif repair:
                 print(
                     f"    REPAIRED {r['day']}: {repair['repaired']} of {repair['attempted']} keys "
                     f"(re-read {repair['reread']}, deleted {repair['deleted']}, replaced "

@@ -142,10 +142,10 @@ def build_reconciliation(ds: Dataset) -> dg.AssetsDefinition:
                 metadata["failures"] = dg.MetadataValue.json(_failure_metadata(mine))
             if repairs:
                 metadata["keys_repair_attempted"] = dg.MetadataValue.int(
-                    sum(r["attempted"] for r in repairs)
+                    sum(r.get("attempted", 0) for r in repairs)
                 )
                 metadata["keys_repaired"] = dg.MetadataValue.int(
-                    sum(r["repaired"] for r in repairs)
+                    sum(r.get("repaired", 0) for r in repairs)
                 )
                 metadata["repairs"] = dg.MetadataValue.json(repairs[:20])
             context.log.info(f"{ds.name} {name}: {len(failing)} of {len(mine)} failing")
