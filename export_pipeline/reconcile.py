@@ -401,6 +401,18 @@ def compare_window(
             f"IN (SELECT t.rowid FROM {table} AS t SEMI JOIN (SELECT * FROM {WAREHOUSE} "
             f"WHERE _k IN ({pairs})) AS p ON {w_keys})) AS w USING (_k)",
         )
+    # The keys worth a look: hashes differ or one side lacks the key, or a dead letter is
+    # involved. Equal rows without letters (nearly all) stop here.
+    run_sql(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE _recon_keys AS "
+        f"SELECT _k FROM {NARROW} AS s FULL OUTER JOIN {WAREHOUSE} AS w USING (_k) "
+        f"WHERE s._h IS DISTINCT FROM w._h "
+        f"UNION SELECT {_letter_key_text(ds, 'x')} FROM {SOURCE_LETTERS} AS x "
+        f"UNION SELECT _k FROM {LETTERS} WHERE _in_window "
+        f"UNION SELECT _k FROM {LETTERS} SEMI JOIN {NARROW} USING (_k) "
+        f"UNION SELECT _k FROM {LETTERS} SEMI JOIN {WAREHOUSE} USING (_k)",
+    )
     upsert = version is not None
     sv = f"s.{version}" if version else "NULL::BIGINT"
     load_reasons = "[" + ", ".join(_literal_name(r) for r in LOAD_REASONS) + "]"
@@ -413,8 +425,7 @@ si AS (SELECT {_letter_key_text(ds, "x")} AS _k, any_value(record_key) AS record
        FROM {SOURCE_LETTERS} AS x GROUP BY ALL),
 l AS (SELECT _k, list(reason) AS reasons, any_value(record_key) AS record_key,
              bool_or(_in_window) AS in_window FROM {LETTERS} GROUP BY _k),
-u AS (SELECT _k FROM s UNION SELECT _k FROM {WAREHOUSE} UNION SELECT _k FROM si
-      UNION SELECT _k FROM l WHERE in_window),
+u AS (SELECT _k FROM _recon_keys),
 k AS (
     SELECT u._k, s._k IS NOT NULL AS in_s, w._k IS NOT NULL AS in_w,
         si._k IS NOT NULL AS source_invalid, l._k IS NOT NULL AS lettered, l.reasons,
