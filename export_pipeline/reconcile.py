@@ -803,16 +803,16 @@ def _lag_result(
         today,
         None,
         "max_lag_sla",
-        observed=None if lag is None else round(lag),
-        expected=round(sla),
+        observed=lag,
+        expected=sla,
         passed=passed,
         details={
-            "lag_seconds": None if lag is None else round(lag),
-            "source_relative_lag_seconds": round(behind) if math.isfinite(behind) else None,
-            "seconds_since_last_successful_batch": round(since_success)
+            "lag_seconds": lag,
+            "source_relative_lag_seconds": behind if math.isfinite(behind) else None,
+            "seconds_since_last_successful_batch": since_success
             if math.isfinite(since_success)
             else None,
-            "sla_seconds": round(sla),
+            "sla_seconds": sla,
         },
     )
 
