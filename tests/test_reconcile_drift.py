@@ -44,7 +44,10 @@ TODAY = _now().date()
 # --- the independent comparison ----------------------------------------------------------------
 
 
-def _canonical(value: Any) -> Any:
+def _canonical(value: Any, source: bool = False) -> Any:
+    """A value as compared; a source's known secret as the export must store it."""
+    if source and isinstance(value, str) and value in REDACTED:
+        return REDACTED[value]
     if value is None:
         return None
     if isinstance(value, Decimal | float) and not isinstance(value, bool):
@@ -57,8 +60,8 @@ def _canonical(value: Any) -> Any:
         try:
             parsed = json.loads(value)
         except ValueError:
-            return REDACTED.get(value, value)
-        return parsed if isinstance(parsed, dict | list) else REDACTED.get(value, value)
+            return value
+        return parsed if isinstance(parsed, dict | list) else value
     return str(value) if not isinstance(value, int) else value
 
 
@@ -95,7 +98,7 @@ def naive_diff(pipe: Pipeline, ds: Dataset, days: set[date]) -> dict[tuple, str]
             out[key] = "missing"
         elif s is None:
             out[key] = "extra"
-        elif any(_canonical(s[c.name]) != _canonical(w[c.name]) for c in columns):
+        elif any(_canonical(s[c.name], source=True) != _canonical(w[c.name]) for c in columns):
             out[key] = "differs"
     return out
 
@@ -207,6 +210,14 @@ def secret_in_place(pipe: Pipeline, base: dict) -> list[tuple]:
     return _runs_key(row)
 
 
+def secret_unredacted_in_warehouse(pipe: Pipeline, base: dict) -> list[tuple]:
+    """The source holds a secret and the warehouse holds it too, unredacted (a leak)."""
+    row = base["run"]
+    pipe.src.update(OPERATION_RUNS, {"run_id": row["run_id"]}, error_message=SECRET)
+    _wh_update(pipe, OPERATION_RUNS, {"run_id": row["run_id"]}, error_message=SECRET)
+    return _runs_key(row)
+
+
 def warehouse_rows_deleted(pipe: Pipeline, base: dict) -> list[tuple]:
     row = base["run"]
     run_sql(
@@ -274,6 +285,9 @@ CASES = {
     ),
     "append-only row updated in place": Case(OPERATION_RUNS, updated_in_place, "content_differs"),
     "secret written in place": Case(OPERATION_RUNS, secret_in_place, "content_differs"),
+    "secret unredacted in the warehouse": Case(
+        OPERATION_RUNS, secret_unredacted_in_warehouse, "content_differs"
+    ),
     "warehouse rows deleted": Case(OPERATION_RUNS, warehouse_rows_deleted, "missing_in_warehouse"),
     "warehouse values edited": Case(COMPANY_ENTITIES, warehouse_values_edited, "content_differs"),
     "warehouse cursor edited": Case(COMPANY_ENTITIES, warehouse_cursor_edited, "content_differs"),
