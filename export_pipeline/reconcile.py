@@ -46,7 +46,6 @@ from export_pipeline.config import Settings
 from export_pipeline.contract import OPERATION_RUNS, RUN_STATUSES, Dataset
 from export_pipeline.extract import KeySet, Window, quote_ident
 from export_pipeline.faults import crash_point
-from export_pipeline.redact import _json_scan, _text_scan
 from export_pipeline.sqlfiles import read_sql
 from export_pipeline.warehouse import DUCKDB_TYPES, fetch_dicts, run_sql
 
@@ -256,26 +255,15 @@ def _stage_source(
 ) -> None:
     """Read ``selection`` from the source as a batch would (extract, redact, validate, cast);
     stage each valid row narrow (the hash is of the very values a batch would store), or whole
-    with ``whole_rows``, and each dead letter.
-
-    Narrow rows skip redaction's rewrite (the slow part) where no check reads the value: a row
-    its scan flags as possibly holding a secret gets hash 0 instead, so it differs and is read
-    again by key, whole and redacted; every other row is what redaction would leave as is.
-    """
+    with ``whole_rows``, and each dead letter."""
     by_key = "true" if isinstance(selection, KeySet) else "false"
     casts = ", ".join(
         f"CAST({quote_ident(c.name)} AS {DUCKDB_TYPES[c.type]}) AS {quote_ident(c.name)}"
         for c in ds.columns
     )
-    unredacted: frozenset[str] = frozenset()
     if whole_rows:
         statement = f"INSERT INTO {SOURCE} SELECT {casts}, {by_key} FROM _incoming"
     else:
-        unredacted = frozenset(
-            c.name
-            for c in ds.source_columns
-            if c.type == "jsonb" or (c.type == "text" and not (c.allowed or c.pattern))
-        )
         as_stored = ", ".join(  # JSON as text: the same hash, without parsing each document
             f"{quote_ident(c.name)}"
             if c.type == "jsonb"
@@ -285,16 +273,8 @@ def _stage_source(
         narrow = ", ".join(f"s.{quote_ident(c)}" for c in _narrow_columns(ds))
         statement = (
             f"INSERT INTO {NARROW} SELECT {narrow}, {by_key}, {_key_text(ds, 's')}, "
-            f"CASE WHEN s._suspect THEN 0 ELSE {_row_hash_all(ds, 's')} END "
-            f"FROM (SELECT {as_stored}, _suspect FROM _incoming) AS s"
+            f"{_row_hash_all(ds, 's')} FROM (SELECT {as_stored} FROM _incoming) AS s"
         )
-        suspect = pl.any_horizontal(
-            *(
-                (_json_scan(c) if ds.column(c).type == "jsonb" else _text_scan(c)).fill_null(False)
-                for c in sorted(unredacted)
-            ),
-            pl.lit(False),
-        ).alias("_suspect")
     uuids = tuple(c.name for c in ds.columns if c.type == "uuid")
     # A window read also returns the rows whose cursor is null or infinite (they belong to no
     # day and are dead letters of every batch): a day's comparison leaves them out.
@@ -302,10 +282,9 @@ def _stage_source(
     for record_batch in extract.prefetch(
         extract.extract_window(src, ds, selection, settings.batch_size)
     ):
-        checked = validate.validate_batch(ds, validate.to_frame(record_batch), now, unredacted)
+        checked = validate.validate_batch(ds, validate.to_frame(record_batch), now)
         if not checked.valid.is_empty():
-            valid = checked.valid if whole_rows else checked.valid.with_columns(suspect)
-            load._insert_from(con, valid, statement, uuids)
+            load._insert_from(con, checked.valid, statement, uuids)
         if whole_rows or checked.dead_letters.is_empty():
             continue
         load._insert_from(

@@ -164,16 +164,8 @@ def to_frame(batch: pa_arrow.RecordBatch | pa_arrow.Table) -> pl.DataFrame:
     return pl.from_arrow(pa_arrow.Table.from_arrays(columns, names=table.column_names))
 
 
-def validate_batch(
-    ds: Dataset,
-    raw: pl.DataFrame,
-    now: datetime | None = None,
-    unredacted: frozenset[str] = frozenset(),
-) -> ValidatedBatch:
-    """Split one extracted batch into rows that honour the contract and dead letters.
-
-    ``unredacted`` columns skip redaction: only for reconciliation's hashes, which never leave
-    the process (a row whose hash differs is read again, redacted); never for rows written."""
+def validate_batch(ds: Dataset, raw: pl.DataFrame, now: datetime | None = None) -> ValidatedBatch:
+    """Split one extracted batch into rows that honour the contract and dead letters."""
     now = now or datetime.now(UTC)
     missing = [c.name for c in ds.source_columns if c.name not in raw.columns]
     if missing:
@@ -181,9 +173,6 @@ def validate_batch(
             f"{ds.name}: source {ds.source_table} lacks contract column(s) {', '.join(missing)}"
         )
     text, json_columns = _redacted_columns(ds)
-    if unredacted:
-        text = [c for c in text if c not in unredacted]
-        json_columns = [c for c in json_columns if c not in unredacted]
     raw = redact_columns(
         raw.with_columns(pl.lit(ds.version).alias("export_schema_version")),
         text=text,
