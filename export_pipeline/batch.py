@@ -104,8 +104,13 @@ def run_dataset_batch(
     mode: BatchMode = "microbatch",
     window: Window | KeySet | None = None,
     also_publish: tuple[Dataset, ...] | None = None,
+    before_apply: Callable[[duckdb.DuckDBPyConnection, str], None] | None = None,
 ) -> BatchResult:
     """Export one batch of one dataset; the window defaults to the micro-batch window.
+
+    ``before_apply(con, batch_id)``, when given, runs inside the batch's transaction after the
+    rows are staged and before they are applied (reconciliation's repair deletes there the rows
+    it replaces or removes, so the repair is one transaction).
 
     The same rows also fill each successor version in ``also_publish`` (by default the
     dataset's dual-publish window, ``contract.DUAL_PUBLISH``), in the same transaction.
@@ -125,6 +130,7 @@ def run_dataset_batch(
                 mode=mode,
                 window=window,
                 also_publish=also_publish,
+                before_apply=before_apply,
             )
         except Exception as exc:
             if not is_transient(exc) or attempt > settings.transient_retries:
@@ -152,6 +158,7 @@ def _run_dataset_batch_once(
     mode: BatchMode,
     window: Window | KeySet | None,
     also_publish: tuple[Dataset, ...] | None,
+    before_apply: Callable[[duckdb.DuckDBPyConnection, str], None] | None = None,
 ) -> BatchResult:
     batch_id = str(uuid.uuid4())
     started_at = datetime.now(UTC)
@@ -186,6 +193,8 @@ def _run_dataset_batch_once(
                 staged += checked.extracted
                 crash_point("extract", ds.name)
         crash_point("validated", ds.name)
+        if before_apply is not None:
+            before_apply(con, batch_id)
         outcomes = load.apply_classified(con, ds, batch_id)
         lake.record_change(con, ds, batch_id, outcomes["insert"], outcomes["update"])
         by_reason = dict(

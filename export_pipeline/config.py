@@ -51,6 +51,8 @@ class Settings:
     reconcile_days: int = 3
     lag_sla_seconds: float = 1800.0
     null_rate_threshold: float = 0.10
+    #: Rows deleted at the source: ``report`` (keep, report once) or ``propagate`` (delete).
+    reconcile_deletes: str = "report"
     #: Dead-letter retries: first retry after the base delay, doubling, until max attempts.
     dead_letter_retry_base_seconds: float = 300.0
     dead_letter_max_attempts: int = 5
@@ -104,6 +106,7 @@ class Settings:
             reconcile_days=int(_number(env, "EXPORT_RECONCILE_DAYS", 3, minimum=1, integer=True)),
             lag_sla_seconds=60 * _number(env, "EXPORT_LAG_SLA_MINUTES", 30.0, minimum=1),
             null_rate_threshold=_fraction(env, "EXPORT_NULL_RATE_THRESHOLD", 0.10),
+            reconcile_deletes=_choice(env, "EXPORT_RECONCILE_DELETES", ("report", "propagate")),
             dead_letter_retry_base_seconds=_number(env, "EXPORT_DEAD_LETTER_RETRY_SECONDS", 300.0),
             dead_letter_max_attempts=int(
                 _number(env, "EXPORT_DEAD_LETTER_MAX_ATTEMPTS", 5, minimum=1, integer=True)
@@ -243,6 +246,13 @@ def _number(
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum:g}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(name) or allowed[0]).strip().lower()
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r} must be one of: {', '.join(allowed)}")
+    return raw
 
 
 _MEMORY = re.compile(r"^\s*(\d+(\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)

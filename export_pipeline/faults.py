@@ -29,7 +29,7 @@ CRASH_POINTS = {
     "lake.writing": "inside the Delta commit: rows streaming into new data files, not committed",
     "lake.committed": "the Delta commit is done; the warehouse has not forgotten the change yet",
     "backfill.day": "inside a backfill: one day committed, more days to go",
-    "repair.bucket": "inside a reconciliation repair: one bucket re-extracted, more to go",
+    "repair.bucket": "inside a reconciliation: one day's repair batch committed, more to go",
 }
 
 _hits: Counter[str] = Counter()

@@ -22,10 +22,13 @@ from export_pipeline.contract import (
     OPERATION_RUNS,
     PERSON_ENTITIES,
 )
+from export_pipeline.extract import Window
 from export_pipeline.reconcile import (
     CheckResult,
+    beta_binomial_sf,
     chi_square_sf,
     null_rate_checks,
+    rate_anomaly,
     reconcile_dataset,
     status_distribution_checks,
     status_shift,
@@ -70,7 +73,7 @@ def test_equal_data_always_matches_even_with_dead_letters_in_the_window(pipe: Pi
         pipe.export(ds)
         assert pipe.dead_letters(ds) or ds is COMPANY_ENTITIES
         results = _reconcile(pipe, ds, [day], repair=False)
-        for name in ("row_count_parity", "checksum_parity"):
+        for name in ("row_count_parity", "content_parity", "source_regressions"):
             assert _check(results, name, day).passed, (ds.name, name)
 
 
@@ -87,23 +90,28 @@ def test_row_committed_beyond_the_lookback_is_repaired_by_reconciliation(pipe: P
     results = _reconcile(pipe, OPERATION_RUNS, [day])
 
     assert late["run_id"] in {str(r["run_id"]) for r in pipe.rows(OPERATION_RUNS)}
-    parity = _check(results, "row_count_parity", day)
-    assert parity.passed and parity.observed == parity.expected == 2
-    repaired = parity.details["repaired"]
-    assert repaired["inserted"] == 1
-    assert repaired["buckets"] == [{"org_id": late["org_id"], "hour": 14, "reread_by_key": 0}]
+    rows = _check(results, "row_count_parity", day)
+    assert rows.passed and rows.observed == rows.expected == 2
+    parity = _check(results, "content_parity", day)
+    assert parity.passed
+    found = parity.details["found_before_repair"]
+    assert found["missing_in_warehouse"]["count"] == 1
+    assert found["missing_in_warehouse"]["examples"] == [{"key": {"run_id": late["run_id"]}}]
+    repair = parity.details["repair"]
+    assert (repair["inserted"], repair["attempted"], repair["repaired"]) == (1, 1, 1)
     (recorded,) = fetch_dicts(
         pipe.con,
         "SELECT passed, details FROM dx_reconciliation_results WHERE dataset = $d "
-        "AND check_name = 'row_count_parity' AND day = $day",
+        "AND check_name = 'content_parity' AND day = $day",
         {"d": OPERATION_RUNS.name, "day": day},
     )
-    assert recorded["passed"] and json.loads(recorded["details"])["repaired"]["inserted"] == 1
+    assert recorded["passed"] and json.loads(recorded["details"])["repair"]["inserted"] == 1
     assert pipe.ledger(OPERATION_RUNS)[-1]["mode"] == "repair"
 
 
-def test_one_changed_key_shows_in_checksum_parity_with_equal_counts(pipe: Pipeline):
-    """Counts alone miss a row that changed its key columns; the checksum must not."""
+def test_one_changed_cursor_shows_in_content_parity_with_equal_counts(pipe: Pipeline):
+    """Counts alone miss a row that changed in place; the content comparison must not, and
+    must name the column."""
     day = TODAY - timedelta(days=1)
     rows = [pipe.src.insert(OPERATION_RUNS, created_at=_at(day, h)) for h in (3, 4)]
     pipe.export(OPERATION_RUNS)
@@ -112,7 +120,10 @@ def test_one_changed_key_shows_in_checksum_parity_with_equal_counts(pipe: Pipeli
     results = _reconcile(pipe, OPERATION_RUNS, [day], repair=False)
 
     assert _check(results, "row_count_parity", day).passed
-    assert not _check(results, "checksum_parity", day).passed
+    parity = _check(results, "content_parity", day)
+    assert not parity.passed and parity.observed == 1
+    (example,) = parity.details["differences"]["content_differs"]["examples"]
+    assert example == {"key": {"run_id": rows[0]["run_id"]}, "columns": ["created_at"]}
 
 
 def test_entity_that_moved_to_a_newer_day_is_repaired_by_key(pipe: Pipeline):
@@ -129,7 +140,9 @@ def test_entity_that_moved_to_a_newer_day_is_repaired_by_key(pipe: Pipeline):
     assert all(r.passed for r in results if r.check.endswith("parity"))
     (row,) = pipe.rows(COMPANY_ENTITIES)
     assert row["record_version"] == 2
-    assert _check(results, "row_count_parity", old_day).details["repaired"]["updated"] == 1
+    parity = _check(results, "content_parity", old_day)
+    assert parity.details["repair"]["updated"] == 1
+    assert set(parity.details["found_before_repair"]) == {"warehouse_version_behind"}
 
 
 def test_dead_lettered_entity_whose_fix_moved_to_another_day_is_repaired_by_key(pipe: Pipeline):
@@ -151,15 +164,41 @@ def test_dead_lettered_entity_whose_fix_moved_to_another_day_is_repaired_by_key(
     (row,) = pipe.rows(COMPANY_ENTITIES)
     assert (row["record_version"], row["employee_count"]) == (2, 10)
     assert [d["status"] for d in pipe.dead_letters(COMPANY_ENTITIES)] == ["resolved"]
-    assert _check(results, "row_count_parity", letter_day).details["repaired"]["inserted"] == 1
+    assert _check(results, "content_parity", letter_day).details["repair"]["inserted"] == 1
 
 
-def test_drift_that_repair_cannot_fix_is_reported_as_failing(pipe: Pipeline, tmp_path: Path):
-    """A row deleted at the source cannot be re-extracted: the CLI must exit non-zero."""
+def test_a_stale_version_conflict_letter_is_resolved_without_reporting_a_difference(
+    pipe: Pipeline,
+):
+    """The source rewrote a version in place and then reverted it: the warehouse is right, and
+    the conflict letter the micro-batch left must not stay open forever."""
+    day = TODAY - timedelta(days=1)
+    company = pipe.src.insert(COMPANY_ENTITIES, updated_at=_at(day, 5), canonical_name="A")
+    pipe.export(COMPANY_ENTITIES)
+    key = {"org_id": company["org_id"], "entity_id": company["entity_id"]}
+    pipe.src.update(COMPANY_ENTITIES, key, canonical_name="B")
+    pipe.export(COMPANY_ENTITIES, window=Window.days(day, day))
+    assert [d["reason"] for d in pipe.dead_letters(COMPANY_ENTITIES)] == ["version_conflict"]
+    pipe.src.update(COMPANY_ENTITIES, key, canonical_name="A")
+
+    results = _reconcile(pipe, COMPANY_ENTITIES, [day])
+
+    parity = _check(results, "content_parity", day)
+    assert parity.passed and parity.details["differences"] == {}
+    assert parity.details["repair"]["stale_letters_rechecked"] == 1
+    assert [d["status"] for d in pipe.dead_letters(COMPANY_ENTITIES)] == ["resolved"]
+
+
+def test_cli_reports_a_source_deletion_once_with_its_kind_and_key_then_acknowledges_it(
+    pipe: Pipeline, tmp_path: Path
+):
+    """Under the default `report` policy a row deleted at the source is kept: the first run must
+    say so (kind, key, exit non-zero), and the next ones must not fail again for it."""
     day = TODAY - timedelta(days=1)
     gone = pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 6))
     pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 7))
-    pipe.export(OPERATION_RUNS)
+    for ds in DATASETS:  # the lag checks want a recent successful batch of each
+        pipe.export(ds)
     pipe.src.execute("DELETE FROM ops.operation_runs WHERE run_id = %s", (gone["run_id"],))
     pipe.con.close()
     home = tmp_path / "dagster_home"
@@ -170,17 +209,27 @@ def test_drift_that_repair_cannot_fix_is_reported_as_failing(pipe: Pipeline, tmp
         "EXPORT_DATA_DIR": str(pipe.settings.data_dir),
         "DAGSTER_HOME": str(home),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "export_pipeline.cli", "reconcile", "--date", day.isoformat()],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert done.returncode != 0
-    assert "row_count_parity" in done.stdout and "FAILED" in done.stdout
-    assert "still fail" in done.stderr
+
+    def reconcile(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "export_pipeline.cli", "reconcile", "--date", day.isoformat(),
+             *args],
+            env=env, capture_output=True, text=True, cwd=REPO, timeout=300,
+        )  # fmt: skip
+
+    first = reconcile()
+    assert first.returncode != 0
+    assert "FAILED" in first.stdout and "deleted_at_source first seen" in first.stdout
+    assert gone["run_id"] in first.stdout and "still fail" in first.stderr
+    second = reconcile("--json")
+    assert second.returncode == 0, second.stderr[-2000:]
+    report = json.loads(second.stdout)
+    by_check = {(r["dataset"], r["check_name"]): r for r in report["results"]}
+    regressions = by_check[(OPERATION_RUNS.name, "source_regressions")]
+    assert regressions["passed"] and regressions["details"]["acknowledged"] == 1
+    rows = by_check[(OPERATION_RUNS.name, "row_count_parity")]
+    assert (rows["observed"], rows["expected"]) == (2, 1)  # whole numbers, explained
+    assert rows["details"]["explained_by"] == {"deleted_at_source": 1}
 
 
 def test_null_rate_above_threshold_is_flagged(pipe: Pipeline):
@@ -214,19 +263,21 @@ def test_chi_square_tail_matches_known_critical_values():
     assert chi_square_sf(0, 3) == 1.0
 
 
-def _insert_runs(pipe: Pipeline, day: date, mix: dict[str, float], n: int, rng, org: str) -> None:
-    statuses = rng.choices(list(mix), weights=list(mix.values()), k=n)
-    rows = [
-        (new_id(), "op", "act", "company", new_id(), org, status, 1, _at(day), _at(day))
-        for status in statuses
-    ]
-    pipe.con.executemany(
+def _insert_statuses(pipe: Pipeline, day: date, org: str, statuses: list[str]) -> None:
+    """Runs of one org and day straight into the warehouse, one statement (status tests)."""
+    run_sql(
+        pipe.con,
         f"INSERT INTO {OPERATION_RUNS.name} (export_schema_version, run_id, operation_id, "
         "action_id, entity_type, entity_id, org_id, status, attempt_count, started_at, "
         "created_at, _batch_id, _loaded_at) "
-        "VALUES ('v1', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'b', now())",
-        rows,
+        "SELECT 'v1', uuid(), 'op', 'act', 'company', uuid(), $org, status, 1, $at, $at, 'b', "
+        "now() FROM (SELECT unnest($statuses) AS status)",
+        {"org": org, "at": _at(day), "statuses": statuses},
     )
+
+
+def _insert_runs(pipe: Pipeline, day: date, mix: dict[str, float], n: int, rng, org: str) -> None:
+    _insert_statuses(pipe, day, org, rng.choices(list(mix), weights=list(mix.values()), k=n))
 
 
 NORMAL_MIX = {"succeeded": 0.85, "failed": 0.08, "skipped": 0.05, "canceled": 0.02}
@@ -274,7 +325,124 @@ def test_reconciliation_records_every_check_for_every_day(pipe: Pipeline):
     counts = {(d, c): n for d, c, n in rows}
     for ds in DATASETS:
         assert counts[(ds.name, "row_count_parity")] == 2
-        assert counts[(ds.name, "checksum_parity")] == 2
+        assert counts[(ds.name, "content_parity")] == 2
+        assert counts[(ds.name, "source_regressions")] == 2
         assert counts[(ds.name, "max_lag_sla")] == 1
     assert counts[(COMPANY_ENTITIES.name, "null_rate")] == 4
     assert counts[(OPERATION_RUNS.name, "status_distribution")] == 2
+
+
+def test_beta_binomial_tail_matches_the_binomial_when_the_baseline_is_certain():
+    """With a huge baseline the predictive tail must approach the plain binomial tail."""
+    # P(X >= 8 | n=40, p=0.1) = 0.0419 (binomial); a baseline of 10^6 at 10% is near-certain.
+    assert beta_binomial_sf(8, 40, 100_000.5, 900_000.5) == pytest.approx(0.0419, abs=2e-3)
+    assert beta_binomial_sf(0, 40, 1, 1) == 1.0
+    # Uniform prior: every count 0..n equally likely, so P(X >= 30 | n=39) = 10/40.
+    assert beta_binomial_sf(30, 39, 1, 1) == pytest.approx(0.25)
+
+
+def test_small_tenant_failure_jump_fires_and_ordinary_noise_does_not():
+    """A 40-run tenant going from 10% to 70% failed is an outage the operator must hear about;
+    the same tenant at 17% (7 of 40, plain noise) is not."""
+    baseline = (28, 280)  # 7 days x 40 runs, 10% failed
+    outage = rate_anomaly(28, 40, *baseline)
+    assert outage["anomalous"] and outage["p_value"] < 1e-9
+    noise = rate_anomaly(7, 40, *baseline)
+    assert not noise["anomalous"] and noise["p_value"] > 0.01
+    tiny = rate_anomaly(3, 4, 1, 30)  # four runs: not judged
+    assert not tiny["judged"] and not tiny["anomalous"]
+
+
+def _insert_tenant_runs(pipe: Pipeline, day: date, org: str, failed: int, total: int) -> None:
+    _insert_statuses(pipe, day, org, ["failed"] * failed + ["succeeded"] * (total - failed))
+
+
+def test_status_mix_is_judged_per_tenant_against_its_own_baseline(pipe: Pipeline):
+    """The old rule needed 200 runs a day, so a small tenant's outage was never seen; now each
+    organisation is judged against its own history, deterministically."""
+    judged = TODAY - timedelta(days=1)
+    small_outage, small_calm, big = new_id(), new_id(), new_id()
+    for back in range(2, 9):
+        day = TODAY - timedelta(days=back)
+        _insert_tenant_runs(pipe, day, small_outage, 4, 40)
+        _insert_tenant_runs(pipe, day, small_calm, 4, 40)
+        _insert_tenant_runs(pipe, day, big, 50, 1000)
+    _insert_tenant_runs(pipe, judged, small_outage, 28, 40)
+    _insert_tenant_runs(pipe, judged, small_calm, 7, 40)
+    _insert_tenant_runs(pipe, judged, big, 52, 1000)
+
+    results = status_distribution_checks(pipe.con, [judged])
+
+    by_org = {r.org_id: r for r in results}
+    assert not by_org[small_outage].passed
+    assert by_org[small_outage].details["statuses_risen"] == ["failed"]
+    assert by_org[small_calm].passed and by_org[big].passed
+    # all orgs together the small outage drowns (8% against 5%): why each tenant is judged alone
+    assert by_org[None].passed
+
+
+def test_reconciliation_checks_keep_their_result_after_the_next_micro_batch(
+    pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Checks on the dataset assets went back to "not evaluated" after every micro-batch (the
+    UI shows a check against its asset's latest materialization); on the reconciliation asset,
+    which only the reconcile job materializes, the last result stays, with its reasons."""
+    import dagster as dg
+
+    from export_pipeline.definitions import defs
+    from export_pipeline.defs.operations import reconciliation_key
+
+    day = TODAY - timedelta(days=1)
+    pipe.src.insert(OPERATION_RUNS, created_at=_at(day, 6))
+    pipe.con.close()
+    monkeypatch.setenv("EXPORT_SOURCE_DSN", pipe.src.dsn)
+    monkeypatch.setenv("EXPORT_DATA_DIR", str(pipe.settings.data_dir))
+    with dg.instance_for_test() as instance:
+        reconciled = defs.resolve_job_def("reconcile_job").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        microbatch = defs.resolve_job_def("export_microbatch_job").execute_in_process(
+            instance=instance, raise_on_error=False, partition_key=TODAY.isoformat()
+        )
+        assert microbatch.success
+        key = reconciliation_key(OPERATION_RUNS)
+        latest = instance.get_latest_materialization_event(key)
+        assert latest is not None and latest.run_id == reconciled.run_id
+        evaluations = {
+            e.check_name: e for e in reconciled.get_asset_check_evaluations() if e.asset_key == key
+        }
+    content = evaluations["content_matches_source"]
+    # the micro-batch had not run yet: the run was missing, repaired, and the check says so
+    assert content.passed and content.metadata["keys_repaired"].value == 1
+    assert evaluations["rows_match_source"].passed
+
+
+def test_a_tenants_null_rate_jump_is_flagged_against_its_own_baseline(pipe: Pipeline):
+    """One small tenant losing its domains drowns in the overall rate; judged against its own
+    history it must show."""
+    judged = TODAY - timedelta(days=1)
+    small, big = new_id(), new_id()
+
+    def companies(day: date, org: str, missing: int, total: int) -> None:
+        run_sql(
+            pipe.con,
+            f"INSERT INTO {COMPANY_ENTITIES.name} (export_schema_version, org_id, company_id, "
+            "entity_id, canonical_name, canonical_domain, record_version, updated_at, _batch_id, "
+            "_loaded_at) SELECT 'v1', $org, uuid(), uuid(), 'n', "
+            "CASE WHEN i < $missing THEN NULL ELSE 'x.io' END, 1, $at, 'b', now() "
+            "FROM range($total) AS r(i)",
+            {"org": org, "missing": missing, "total": total, "at": _at(day)},
+        )
+
+    for back in range(2, 9):
+        companies(TODAY - timedelta(days=back), small, 1, 20)
+        companies(TODAY - timedelta(days=back), big, 20, 1000)
+    companies(judged, small, 12, 20)
+    companies(judged, big, 21, 1000)
+
+    results = null_rate_checks(COMPANY_ENTITIES, pipe.con, [judged], threshold=0.2)
+
+    domain = {r.org_id: r for r in results if r.details["field"] == "canonical_domain"}
+    assert domain[None].passed  # 33 of 1020 overall: under the threshold
+    assert not domain[small].passed and domain[small].details["hits"] == 12
+    assert domain[big].passed

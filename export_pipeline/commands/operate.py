@@ -22,9 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     when.add_argument("--date", type=_day, help="one UTC day (YYYY-MM-DD)")
     when.add_argument("--start", type=_day, help="first day of a range (with --end)")
     reconcile.add_argument("--end", type=_day, help="last day of the range (inclusive)")
-    reconcile.add_argument(
-        "--no-repair", action="store_true", help="only report; do not re-extract drifted buckets"
+    when.add_argument(
+        "--all",
+        action="store_true",
+        help="every day: per-day aggregates first, rows compared only on days that differ",
     )
+    reconcile.add_argument(
+        "--no-repair", action="store_true", help="only report; do not repair drifted keys"
+    )
+    reconcile.add_argument("--json", action="store_true", help="machine-readable results")
     reconcile.set_defaults(func=cmd_reconcile)
 
     letters = sub.add_parser("dead-letter", help="list, replay or resolve dead letters")
@@ -62,26 +68,31 @@ def _days(args: argparse.Namespace) -> tuple[date, date] | None:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from export_pipeline.cli import CliError, launch
+    """Exits 2 when a check still fails after repair; ``--json`` prints every result."""
+    from export_pipeline.cli import CliError, _json_default, launch
     from export_pipeline.defs.operations import (
+        RECONCILE_ALL_TAG,
         RECONCILE_END_TAG,
         RECONCILE_REPAIR_TAG,
         RECONCILE_START_TAG,
     )
-    from export_pipeline.reconcile import trailing_days
     from export_pipeline.warehouse import fetch_dicts, open_warehouse
 
     days = _days(args)
-    if days is None:
-        trailing = trailing_days(settings.reconcile_days)
-        days = (trailing[0], trailing[-1])
-    tags = {
-        RECONCILE_START_TAG: days[0].isoformat(),
-        RECONCILE_END_TAG: days[1].isoformat(),
-        RECONCILE_REPAIR_TAG: "false" if args.no_repair else "true",
-    }
-    print(f"reconciling {days[0]} .. {days[1]}{' (no repair)' if args.no_repair else ''} ...")
-    success, run_id, _ledger = launch("reconcile_job", tags=tags)
+    tags = {RECONCILE_REPAIR_TAG: "false" if args.no_repair else "true"}
+    if days is not None:
+        tags |= {RECONCILE_START_TAG: days[0].isoformat(), RECONCILE_END_TAG: days[1].isoformat()}
+        what = f"{days[0]} .. {days[1]}"
+    elif args.all:
+        tags[RECONCILE_ALL_TAG] = "true"
+        what = "every day (aggregates first)"
+    else:
+        what = f"the trailing {settings.reconcile_days} days and today's closed hours"
+    if not args.json:
+        print(f"reconciling {what}{' (no repair)' if args.no_repair else ''} ...", flush=True)
+    success, run_id, _ledger = launch(
+        "reconcile_job", tags=tags, log_level="WARNING" if args.json else "INFO"
+    )
     with open_warehouse(settings.warehouse_path, lock_timeout_seconds=60) as con:
         results = fetch_dicts(
             con,
@@ -92,24 +103,74 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         )
     if not results:
         raise CliError(f"reconciliation run {run_id} recorded no results; see the Dagster logs")
-    print(f"  {'dataset':<24} {'check':<20} {'results':>7} {'failing':>7} {'repaired days':>13}")
+    for r in results:
+        r["details"] = json.loads(r["details"] or "{}")
+        for name in ("observed", "expected"):  # counts are whole numbers: say so
+            value = r[name]
+            if isinstance(value, float) and value.is_integer():
+                r[name] = int(value)
+    failing_total = sum(not r["passed"] for r in results)
+    if args.json:
+        print(json.dumps({"run_id": run_id, "success": success and not failing_total,
+                          "results": results}, default=_json_default, indent=2))  # fmt: skip
+    else:
+        _print_reconciliation(results)
+    if failing_total or not success:
+        raise CliError(f"{failing_total} reconciliation checks still fail (run {run_id})")
+    if not args.json:
+        print(f"all {len(results)} checks passed (run {run_id})")
+    return 0
+
+
+def _print_reconciliation(results: list[dict]) -> None:
+    print(f"  {'dataset':<24} {'check':<20} {'results':>7} {'failing':>7} {'repaired keys':>13}")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["dataset"], r["check_name"]), []).append(r)
     for (name, check), rows in groups.items():
         failing = [r for r in rows if not r["passed"]]
-        repaired = [r for r in rows if "repaired" in json.loads(r["details"] or "{}")]
-        print(f"  {name:<24} {check:<20} {len(rows):>7} {len(failing):>7} {len(repaired):>13}")
+        repaired = sum((r["details"].get("repair") or {}).get("repaired", 0) for r in rows)
+        print(f"  {name:<24} {check:<20} {len(rows):>7} {len(failing):>7} {repaired:>13}")
+        for r in rows:
+            repair = r["details"].get("repair")
+            if repair and "error" in repair:
+                print(f"    REPAIR FAILED {r['day']}: {repair['error']}")
+            elif repair:
+                print(
+                    f"    REPAIRED {r['day']}: {repair['repaired']} of {repair['attempted']} keys "
+                    f"(re-read {repair['reread']}, deleted {repair['deleted']}, replaced "
+                    f"{repair['replaced']}; batch {repair['batch_id']}), verified after"
+                )
         for r in failing[:5]:
-            print(
-                f"    FAILED {r['day']} {r['org_id'] or ''} observed {r['observed']} "
-                f"expected {r['expected']}"
+            where = f"{r['day']}{' org ' + r['org_id'] if r['org_id'] else ''}"
+            print(f"    FAILED {where}: {_why(r)}")
+
+
+def _why(r: dict) -> str:
+    """One line saying why a check failed, in whole numbers."""
+    d = r["details"]
+    if r["check_name"] == "content_parity":
+        parts = []
+        for kind, what in d.get("differences", {}).items():
+            keys = ", ".join(json.dumps(e["key"]) for e in what["examples"][:2])
+            parts.append(f"{kind} {what['count']} (e.g. {keys})")
+        return "; ".join(parts)
+    if r["check_name"] == "row_count_parity":
+        return f"warehouse {r['observed']} rows, source {r['expected']}"
+    if r["check_name"] == "source_regressions":
+        return (
+            "; ".join(
+                f"{kind} first seen: {', '.join(json.dumps(k) for k in keys[:3])}"
+                for kind, keys in d.get("new", {}).items()
             )
-    failing_total = sum(not r["passed"] for r in results)
-    if failing_total or not success:
-        raise CliError(f"{failing_total} reconciliation checks still fail (run {run_id})")
-    print(f"all {len(results)} checks passed (run {run_id})")
-    return 0
+            + " (acknowledged from now on)"
+        )
+    if r["check_name"] == "status_distribution":
+        risen = d.get("statuses_risen")
+        return f"statuses risen {risen}" if risen else f"p={r['observed']:.2g}"
+    if r["check_name"] == "null_rate":
+        return f"{d.get('field')}: {d.get('missing', d.get('hits'))} of {d.get('rows')} missing"
+    return f"observed {r['observed']} expected {r['expected']}"
 
 
 def cmd_dead_letter_replay(args: argparse.Namespace, settings: Settings) -> int:

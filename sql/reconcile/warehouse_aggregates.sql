@@ -1,22 +1,25 @@
--- Count and key checksum per bucket of what the warehouse accounts for in a window: the rows it
--- holds plus the open dead letters whose key it does not hold (each key's latest letter once).
+-- Per UTC day: the warehouse's rows (count, hash sum as source_aggregates.sql) plus the open dead
+-- letters of keys it does not hold (counted), and how many open letters the day has at all
+-- (such a day is compared row by row: a letter's content is not in the warehouse's hash).
 -- Placeholders in braces are expressions built from contract identifiers, never from input.
-WITH accounted AS (
-    SELECT {row_cursor} AS cursor_at, org_id::VARCHAR AS org_id, {row_hash} AS row_hash
+WITH r AS (
+    SELECT timezone('UTC', {row_cursor})::DATE AS day, count(*) AS n,
+        coalesce(sum({row_hash}), 0) AS h
     FROM {table} AS t
-    WHERE {row_cursor} > $start AND {row_cursor} <= $end
-    UNION ALL
-    SELECT cursor_at, org_id, row_hash
-    FROM (
-        SELECT d.cursor_at, d.org_id, {letter_hash} AS row_hash
-        FROM dx_dead_letter AS d
-        WHERE d.dataset = $dataset AND d.status <> 'resolved'
-          AND d.cursor_at > $start AND d.cursor_at <= $end
-          AND NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {letter_key_in_table})
-        QUALIFY row_number() OVER (PARTITION BY d.record_key ORDER BY d.last_seen_at DESC) = 1
-    ) AS letters
+    WHERE ($start IS NULL OR {row_cursor} > $start) AND {row_cursor} <= $end
+    GROUP BY ALL
+),
+l AS (
+    SELECT timezone('UTC', d.cursor_at)::DATE AS day,
+        count(DISTINCT d.record_key) FILTER (
+            WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {letter_key_in_table})
+        ) AS n,
+        count(*) AS letters
+    FROM dx_dead_letter AS d
+    WHERE d.dataset = $dataset AND d.status <> 'resolved'
+      AND ($start IS NULL OR d.cursor_at > $start) AND d.cursor_at <= $end
+    GROUP BY ALL
 )
-SELECT {buckets}, count(*) AS row_count, coalesce(sum(row_hash), 0)::VARCHAR AS checksum
-FROM accounted
-WHERE $org_id IS NULL OR org_id = $org_id
-GROUP BY ALL
+SELECT coalesce(r.day, l.day) AS day, coalesce(r.n, 0) + coalesce(l.n, 0) AS row_count,
+    coalesce(r.h, 0)::VARCHAR AS checksum, coalesce(l.letters, 0) AS letters
+FROM r FULL OUTER JOIN l ON r.day = l.day
