@@ -196,7 +196,16 @@ def _run_dataset_batch_once(
         if before_apply is not None:
             before_apply(con, batch_id)
         outcomes = load.apply_classified(con, ds, batch_id)
-        lake.record_change(con, ds, batch_id, outcomes["insert"], outcomes["update"])
+        if mode == "repair":
+            # A repair fixes a warehouse that differed from the source, and the lake may differ
+            # the same way (a row deleted from the warehouse by hand is still in the lake): its
+            # rows and its deletions (``_deleted_rows``) reach the lake by key (a MERGE), never as
+            # a blind append that could double a key.
+            deleted = lake.deleted_in_batch(con, ds, batch_id)
+            written = outcomes["insert"] + outcomes["update"]
+            lake.record_change(con, ds, batch_id, 0, written + deleted)
+        else:
+            lake.record_change(con, ds, batch_id, outcomes["insert"], outcomes["update"])
         by_reason = dict(
             run_sql(con, f"SELECT reason, count(*) FROM {load.STAGE_DEAD_LETTERS} GROUP BY ALL")
         )

@@ -17,6 +17,11 @@ drain, exactly once:
    transaction version from the table: changes at or below it are already in the lake (a crash
    after the Delta commit and before the warehouse forgot them) and are only forgotten, never
    applied twice; the others are exactly the missing ones.
+   A reconciliation repair batch always reaches the lake by key: the keys it deleted from the
+   warehouse (``_deleted_rows``: rows deleted at the source under ``propagate``, rows no batch
+   wrote, rows it replaced) are deleted in the same MERGE, the keys it replaced are overwritten
+   whatever their version, and none of its rows is appended blindly (the lake may hold a key the
+   tampered warehouse had lost).
 3. Each commit then verifies what it wrote: the rows of the files the commit added, restricted
    to the batch's keys, have the batch's row count and checksum. The whole-table comparison
    (:func:`check_table`) belongs to the daily reconciliation, and compaction and vacuum
@@ -209,6 +214,17 @@ def record_change(
             read_sql("lake", "insert_lake_change.sql"),
             {"dataset": ds.name, "batch_id": batch_id, "inserted": inserted, "updated": updated},
         )
+
+
+def deleted_in_batch(con: duckdb.DuckDBPyConnection, ds: Dataset, batch_id: str) -> int:
+    """Rows of ``ds`` batch ``batch_id`` deleted from the warehouse (a reconciliation repair
+    records them in ``_deleted_rows``): the lake must delete them too."""
+    ((n,),) = run_sql(
+        con,
+        read_sql("lake", "select_deleted_count.sql"),
+        {"dataset": ds.name, "batch_id": batch_id},
+    )
+    return int(n)
 
 
 def request_rewrite(con: duckdb.DuckDBPyConnection, ds: Dataset) -> None:
@@ -513,9 +529,12 @@ def _apply(
             commit_properties=props,
         )
         return int(rows)
+    on_key = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in ds.primary_key)
+    if _stage_deletions(con, ds, todo):
+        _merge_with_deletions(con, ds, table, schema, on_key, props)
+        return int(rows)
     source = con.sql("SELECT * FROM _lake_source").to_arrow_table().cast(schema)
     crash_point("lake.writing", ds.name)
-    on_key = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in ds.primary_key)
     merger = table.merge(
         source,
         predicate=on_key,
@@ -572,6 +591,99 @@ def _verify(
         raise LakeVerificationError(
             f"{ds.name}: Delta version {table.version()} holds {got_rows} rows (checksum "
             f"{got_sum}) of the {want_rows} it was given (checksum {want_sum})"
+        )
+    _verify_deletions(con, lake, ds, table)
+
+
+def _stage_deletions(con: duckdb.DuckDBPyConnection, ds: Dataset, todo: Sequence[Change]) -> bool:
+    """Stage ``_lake_deleted`` (keys the pending batches deleted in the warehouse) and
+    ``_lake_gone`` (those no batch wrote again); True when there are any."""
+    run_sql(con, "DROP TABLE IF EXISTS _lake_gone")
+    key_columns = ", ".join(
+        f"json_extract_string(record_key, '$.{k}') AS {quote_ident(k)}" for k in ds.primary_key
+    )
+    run_sql(
+        con,
+        read_sql("lake", "create_lake_deleted_keys.sql").format(key_columns=key_columns),
+        {"dataset": ds.name, "batches": [c.batch_id for c in todo]},
+    )
+    ((n,),) = run_sql(con, "SELECT count(*) FROM _lake_deleted")
+    if not n:
+        run_sql(con, "DROP TABLE _lake_deleted")
+        return False
+    keys = ", ".join(quote_ident(k) for k in ds.primary_key)
+    run_sql(
+        con,
+        f"CREATE TEMP TABLE _lake_gone AS SELECT * FROM _lake_deleted "
+        f"WHERE ({keys}) NOT IN (SELECT ({keys}) FROM _lake_source)",
+    )
+    return True
+
+
+def _merge_with_deletions(
+    con: duckdb.DuckDBPyConnection,
+    ds: Dataset,
+    table: DeltaTable,
+    schema: pa.Schema,
+    on_key: str,
+    props: object,
+) -> None:
+    """One MERGE applying a repair batch: its deleted keys are deleted, the keys it deleted and
+    wrote again are replaced whatever their version (the warehouse replaced them: a version
+    ahead of the source's, a row edited in the warehouse), the rest as usual (guarded upsert)."""
+    keys = ", ".join(quote_ident(k) for k in ds.primary_key)
+    merged = con.sql(
+        f"SELECT s.*, CASE WHEN ({keys}) IN (SELECT ({keys}) FROM _lake_deleted) "
+        "THEN 'replace' ELSE 'upsert' END AS _lake_op FROM _lake_source AS s "
+        "UNION ALL BY NAME SELECT g.*, 'delete' AS _lake_op FROM _lake_gone AS g"
+    )
+    loose = pa.schema([f.with_nullable(True) for f in schema] + [pa.field("_lake_op", pa.string())])
+    source = merged.select(*loose.names).to_arrow_table().cast(loose)
+    crash_point("lake.writing", ds.name)
+    columns = {name: f"s.{quote_ident(name)}" for name in schema.names}
+    merger = table.merge(
+        source,
+        predicate=on_key,
+        source_alias="s",
+        target_alias="t",
+        streamed_exec=False,
+        commit_properties=props,
+    )
+    merger = merger.when_matched_delete(predicate="s._lake_op = 'delete'")
+    merger = merger.when_matched_update(updates=columns, predicate="s._lake_op = 'replace'")
+    guard = "s._lake_op = 'upsert'"
+    if ds.write_mode == "upsert":
+        v = quote_ident(ds.version_column or "")
+        guard += f" AND s.{v} > t.{v}"
+    merger = merger.when_matched_update(updates=columns, predicate=guard)
+    merger.when_not_matched_insert(updates=columns, predicate="s._lake_op <> 'delete'").execute()
+    run_sql(con, "DROP TABLE IF EXISTS _lake_deleted")
+
+
+def _verify_deletions(
+    con: duckdb.DuckDBPyConnection, lake: Lake, ds: Dataset, table: DeltaTable
+) -> None:
+    """After a commit that deleted keys: none of them is left anywhere in the table."""
+    ((staged,),) = run_sql(
+        con,
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_lake_gone' AND temporary",
+    )
+    if not staged:
+        return
+    keys = ", ".join(quote_ident(k) for k in ds.primary_key)
+    files_view(con, lake, ds, sorted(_file_paths(table)), "_lake_all")
+    try:
+        ((left,),) = run_sql(
+            con,
+            f"SELECT count(*) FROM _lake_all WHERE ({keys}) IN (SELECT ({keys}) FROM _lake_gone)",
+        )
+    finally:
+        _drop_files_view(con, "_lake_all")
+        run_sql(con, "DROP TABLE IF EXISTS _lake_gone")
+    if left:
+        raise LakeVerificationError(
+            f"{ds.name}: Delta version {table.version()} still holds {left} row(s) the "
+            "warehouse deleted"
         )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import Pipeline
 
+from export_pipeline import lake
 from export_pipeline.contract import COMPANY_ENTITIES, OPERATION_RUNS, Dataset
 from export_pipeline.reconcile import CheckResult, reconcile_dataset
 from export_pipeline.warehouse import fetch_dicts, run_sql
@@ -339,6 +340,8 @@ def test_each_kind_of_drift_is_detected_named_and_repaired_as_the_policy_says(
     base = _baseline(pipe)
     days = {TODAY - timedelta(days=i) for i in range(0, 6)}
     assert naive_diff(pipe, ds, days) == {}, "the baseline export must be clean"
+    the_lake = lake.lake_for(pipe.settings)
+    lake.sync(pipe.con, the_lake, (ds,))
     keys = case.drift(pipe, base)
     before = naive_diff(pipe, ds, days)
     assert set(before) == set(keys), (name, before)
@@ -392,3 +395,6 @@ def test_each_kind_of_drift_is_detected_named_and_repaired_as_the_policy_says(
         for value in (r.observed, r.expected):
             if r.check in ("row_count_parity", "content_parity", "source_regressions"):
                 assert value is None or isinstance(value, int), (r.check, value)
+    # The lake follows the repair batch: its deletions and replacements included.
+    lake.sync(pipe.con, the_lake, (ds,))
+    assert lake.check_table(pipe.con, the_lake, ds).passed, name

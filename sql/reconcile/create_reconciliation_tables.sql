@@ -30,17 +30,4 @@ CREATE TABLE IF NOT EXISTS dx_reconciliation_acknowledged (
     PRIMARY KEY (dataset, record_key, kind)
 );
 
--- Warehouse rows deleted by a repair batch, in that batch's transaction: the lake applies a
--- batch's deletions (every reason) before its inserted and updated rows. The audit trail of
--- `EXPORT_RECONCILE_DELETES=propagate` too.
-CREATE TABLE IF NOT EXISTS _deleted_rows (
-    batch_id   VARCHAR NOT NULL,       -- the repair batch (_export_batches) that deleted it
-    run_id     VARCHAR,
-    dataset    VARCHAR NOT NULL,
-    record_key JSON NOT NULL,          -- the row's primary key
-    reason     VARCHAR NOT NULL,       -- deleted_at_source | extra_in_warehouse | replaced
-    org_id     VARCHAR,
-    cursor_at  TIMESTAMPTZ,
-    row_json   JSON NOT NULL,          -- the row as the warehouse held it (already redacted)
-    deleted_at TIMESTAMPTZ NOT NULL
-);
+-- (_deleted_rows, the repairs' deletions, is a warehouse meta table: create_meta_tables.sql.)

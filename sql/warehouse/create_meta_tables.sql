@@ -99,6 +99,21 @@ CREATE TABLE IF NOT EXISTS _lake_changes (
     updated   BIGINT NOT NULL
 );
 
+-- Warehouse rows deleted by a repair batch, in that batch's transaction: the lake applies a
+-- batch's deletions (every reason) before its inserted and updated rows. The audit trail of
+-- `EXPORT_RECONCILE_DELETES=propagate` too.
+CREATE TABLE IF NOT EXISTS _deleted_rows (
+    batch_id   VARCHAR NOT NULL,       -- the repair batch (_export_batches) that deleted it
+    run_id     VARCHAR,
+    dataset    VARCHAR NOT NULL,
+    record_key JSON NOT NULL,          -- the row's primary key
+    reason     VARCHAR NOT NULL,       -- deleted_at_source | extra_in_warehouse | replaced
+    org_id     VARCHAR,
+    cursor_at  TIMESTAMPTZ,
+    row_json   JSON NOT NULL,          -- the row as the warehouse held it (already redacted)
+    deleted_at TIMESTAMPTZ NOT NULL
+);
+
 -- This warehouse's identity, created once: the lake's Delta commits are recorded under it.
 CREATE TABLE IF NOT EXISTS _warehouse_identity (warehouse_id VARCHAR NOT NULL);
 INSERT INTO _warehouse_identity SELECT uuid()::VARCHAR
