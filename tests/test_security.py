@@ -1106,6 +1106,7 @@ SPLICED_ON_PURPOSE = {
     ("export_pipeline/lake.py", "key"): "a contract partition key name (Hive path, types)",
     ("export_pipeline/reconcile.py", "name"): "a contract key column name, as a JSON path",
     ("export_pipeline/reconcile.py", "c"): "a contract key column name, as a JSON path",
+    ("export_pipeline/lake.py", "k"): "a contract key column name, as a JSON path",
 }
 
 
