@@ -282,8 +282,10 @@ def connect_snapshot(
     for ds in DATASETS:  # object storage: the pinned versions' files, read through Polars
         table = lake_mod.open_table(lake, ds, (versions or {}).get(ds.name))
         hidden = f"_lake_{ds.name}"
-        paths = (
-            [] if table is None else table.get_add_actions(flatten=True).column("path").to_pylist()
+        paths: list[str] = (
+            []
+            if table is None
+            else [str(p) for p in table.get_add_actions(flatten=True).column("path").to_pylist()]
         )
         lake_mod.files_view(con, lake, ds, paths, hidden)
         columns = ", ".join(

@@ -326,7 +326,7 @@ def _dataset_line(ds: Dataset, con: Any, src: Any, settings: Settings) -> dict:
             + ("open_dead_letters", "exhausted_dead_letters")
         )
         health["open_dead_letters"] = health["exhausted_dead_letters"] = 0
-        ledger_error = (
+        ledger_error: str | None = (
             f"cannot read the ledger ({' '.join(str(exc).split())[:200]}); a warehouse of an "
             "earlier release is upgraded by its next `export-pipeline run`"
         )

@@ -47,6 +47,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
@@ -62,7 +63,8 @@ from export_pipeline.sqlfiles import read_sql
 from export_pipeline.warehouse import request_lake_rewrite, run_sql
 
 if TYPE_CHECKING:
-    from deltalake import DeltaTable
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake.transaction import AddAction, RemoveAction
 
     from export_pipeline.config import Settings
 
@@ -193,7 +195,7 @@ def checksum_sql(ds: Dataset) -> str:
 class Change:
     seq: int
     batch_id: str
-    loaded_at: object
+    loaded_at: datetime
     inserted: int
     updated: int
     #: A whole-table rewrite was asked for (migration from an older release, a rebuild).
@@ -352,7 +354,7 @@ def _forget(con: duckdb.DuckDBPyConnection, ds: Dataset, last: int) -> None:
     run_sql(con, read_sql("lake", "delete_lake_changes.sql"), {"dataset": ds.name, "seq": last})
 
 
-def _commit_properties(application: str, last: int, metadata: dict[str, str]):  # noqa: ANN202
+def _commit_properties(application: str, last: int, metadata: dict[str, str]) -> CommitProperties:
     from deltalake import CommitProperties, Transaction
 
     return CommitProperties(
@@ -425,7 +427,7 @@ def _commit_local_files(
     ds: Dataset,
     query: str,
     mode: Literal["append", "overwrite"],
-    props: object,
+    props: CommitProperties,
 ) -> None:
     """Write ``query``'s rows as data files with DuckDB, then commit them in one Delta commit.
 
@@ -454,7 +456,7 @@ def _commit_local_files(
         target += "/part-" + uuid.uuid4().hex + ".parquet"
     run_sql(con, f"COPY ({query}) TO '{target}' ({options})")
     crash_point("lake.writing", ds.name)
-    actions = []
+    actions: list[AddAction] = []
     for written in sorted(staging.rglob("*.parquet")):
         relative = written.relative_to(staging)
         final = table_dir / relative
@@ -477,7 +479,8 @@ def _commit_local_files(
     partition_by = list(ds.partition_by) or None
     if DeltaTable.is_deltatable(str(table_dir)):
         table = DeltaTable(str(table_dir))
-        table.create_write_transaction(actions, mode, schema, partition_by, commit_properties=props)
+        changes: list[AddAction | RemoveAction] = list(actions)
+        table.create_write_transaction(changes, mode, schema, partition_by, commit_properties=props)
     else:
         create_table_with_add_actions(
             str(table_dir),
@@ -626,7 +629,7 @@ def _merge_with_deletions(
     table: DeltaTable,
     schema: pa.Schema,
     on_key: str,
-    props: object,
+    props: CommitProperties,
 ) -> None:
     """One MERGE applying a repair batch: its deleted keys are deleted, the keys it deleted and
     wrote again are replaced whatever their version (the warehouse replaced them: a version
@@ -705,7 +708,9 @@ def files_view(
         return
     import polars as pl
 
-    schema = pl.Schema(pl.from_arrow(lake_schema(ds).empty_table()).schema)
+    empty = pl.from_arrow(lake_schema(ds).empty_table())
+    assert isinstance(empty, pl.DataFrame)
+    schema = pl.Schema(empty.schema)
     if paths:
         uris = [f"{lake.uri(ds)}/{unquote(p)}" for p in paths]
         hive = {k: schema[k] for k in ds.partition_by}
@@ -869,7 +874,7 @@ def check_table(con: duckdb.DuckDBPyConnection, lake: Lake, ds: Dataset) -> Lake
         l_rows, l_sum, version = 0, 0, None
     else:
         version = table.version()
-        paths = table.get_add_actions(flatten=True).column("path").to_pylist()
+        paths = [str(p) for p in table.get_add_actions(flatten=True).column("path").to_pylist()]
         files_view(con, lake, ds, paths, "_lake_whole")
         try:
             ((l_rows, l_sum),) = run_sql(con, f"SELECT {checksum_sql(ds)} FROM _lake_whole")

@@ -132,6 +132,11 @@ class CheckResult:
 _TICK = timedelta(microseconds=1)
 
 
+def day_start(day: date) -> datetime:
+    """The first instant of a UTC day."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
 def day_window(day: date, closed_until: datetime | None = None) -> Window:
     """The cursor window of a UTC day, ``(day 00:00, day+1 00:00)``, cut at ``closed_until``."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -1243,7 +1248,7 @@ def reconcile_dataset(
                 results += aggregate_day_result(ds, day, source[day])
             days = to_compare
         days = sorted({d for d in (days if days is not None else default_days(settings, today))})
-        days = [d for d in days if day_window(d, closed).end > day_window(d).start]
+        days = [d for d in days if day_window(d, closed).end >= day_start(d)]
         for i, day in enumerate(days, start=1):
             t0 = time.perf_counter()
             results += reconcile_day(

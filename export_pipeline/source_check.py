@@ -277,8 +277,9 @@ def _explain_window(
     means no index serves it. Row estimates do not depend on the setting.
     """
     now = extract.source_now(conn)
-    window = Window(start=now - settings.lookback - timedelta(minutes=15), end=now)
-    check.explained_window = {"start": window.start.isoformat(), "end": window.end.isoformat()}
+    start = now - settings.lookback - timedelta(minutes=15)
+    window = Window(start=start, end=now)
+    check.explained_window = {"start": start.isoformat(), "end": window.end.isoformat()}
     try:
         with conn.cursor() as cur:
             extract.bind_window(cur, ds, window)
@@ -348,7 +349,7 @@ def check_dataset(conn: adbc.Connection, ds: Dataset, settings: Settings) -> Dat
 def _endpoint(dsn: str) -> tuple[str | None, int | None]:
     parts = urlsplit(dsn)
     query = parse_qs(parts.query)
-    host = parts.hostname or (query.get("host") or [None])[0]
+    host = parts.hostname or next(iter(query.get("host") or []), None)
     port = parts.port or int((query.get("port") or ["5432"])[0])
     return host, port
 
