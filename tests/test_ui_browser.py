@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
+from export_pipeline.cli import run_microbatch
 from export_pipeline.contract import DATASETS, OPERATION_RUNS
 from export_pipeline.defs.assets import NO_ROWS_DEAD_LETTERED
 from export_pipeline.source import create_source_schema, seed_source
@@ -32,10 +31,11 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def webserver(source_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """A micro-batch over a tiny source with planted violations (so one check fails), then
+def webserver(
+    source_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[int, list[str]]]:
+    """Two CLI micro-batches over a tiny source with planted violations (so one check fails), then
     `dagster-webserver` on a free loopback port over the same DAGSTER_HOME, killed as a group."""
-    from export_pipeline.definitions import defs
 
     create_source_schema(source_dsn)
     seed_source(source_dsn, scale=0.001, days=2, violations=True)
@@ -49,11 +49,11 @@ def webserver(source_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    with dg.DagsterInstance.get() as instance:
-        job = defs.resolve_job_def("export_microbatch_job")
-        today = datetime.now(UTC).date().isoformat()
-        for _ in range(2):  # two materializations: a series, not a single dot
-            assert job.execute_in_process(instance=instance, partition_key=today).success
+    run_ids = []
+    for _ in range(2):  # `export-pipeline run` twice: a series of materializations, not a dot
+        ok, run_id, _ledger = run_microbatch()
+        assert ok
+        run_ids.append(run_id)
 
     port = _free_port()
     webserver_bin = Path(sys.executable).parent / "dagster-webserver"
@@ -71,20 +71,21 @@ def webserver(source_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             timeout=180,
             what="the Dagster webserver to load the code location",
         )
-        yield port
+        yield port, run_ids
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
 
 def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check(
-    webserver: int, tmp_path: Path
+    webserver: tuple[int, list[str]], tmp_path: Path
 ):
     """The UI is where an operator looks first: the lineage must name every dataset, an asset's
     plots must show its batch metadata, and the dead-letter check must show as failing."""
     from playwright.sync_api import expect, sync_playwright
 
-    base = f"http://127.0.0.1:{webserver}"
+    port, run_ids = webserver
+    base = f"http://127.0.0.1:{port}"
     shots = tmp_path / "screenshots"
     shots.mkdir()
     asset = OPERATION_RUNS.name
@@ -117,6 +118,11 @@ def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check
             expect(page.get_by_text("unresolved", exact=True).first).to_be_visible()
             page.screenshot(path=str(shots / "check.png"), full_page=True)
             check = page.inner_text("body")
+
+            # Runs the CLI started, on the job's page as the schedule's would be.
+            page.goto(f"{base}/locations/{LOCATION}/jobs/export_microbatch_job/runs")
+            expect(page.get_by_text(run_ids[-1][:8]).first).to_be_visible()
+            page.screenshot(path=str(shots / "job_runs.png"), full_page=True)
         finally:
             browser.close()
     assert all(ds.name in lineage for ds in DATASETS)
@@ -126,5 +132,5 @@ def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check
     listing = check[check.index(NO_ROWS_DEAD_LETTERED) :]
     assert listing.split("\n")[1:3][-1] == "Failed", listing[:300]
     assert "reason_" in check and "Failed" in check
-    for name in ("lineage.png", "plots.png", "check.png"):
+    for name in ("lineage.png", "plots.png", "check.png", "job_runs.png"):
         assert (shots / name).stat().st_size > 10_000, name
