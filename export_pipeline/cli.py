@@ -162,11 +162,14 @@ def launch(
         for dead in reap_dead_runs(instance):
             print(f"marked run {dead} failed: its process is gone (killed or crashed)")
         job = defs.resolve_job_def(job_name)
+        # The code location's label, as runs the webserver or daemon launch carry: without it
+        # the UI's job page and Overview timeline do not list the run (workspace.yaml's module).
+        repository = {".dagster/repository": "__repository__@export_pipeline.definitions"}
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,
             partition_key=partition_key,
-            tags=tags,
+            tags={**repository, **(tags or {})},
             asset_selection=[dg.AssetKey(name) for name in datasets] if datasets else None,
             # The instance records every event; the console shows only what is asked for, and
             # nothing unless --verbose (a failure is reported by runreport, its stack logged).

@@ -15,10 +15,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
+from export_pipeline import dead_letters
 from export_pipeline.contract import COMPANY_ENTITIES, DATASETS, OPERATION_RUNS
+from export_pipeline.defs.assets import NO_ROWS_DEAD_LETTERED
 from export_pipeline.source import create_source_schema, seed_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,3 +180,51 @@ def test_ui_shows_schedules_partitioned_assets_with_checks_and_runs_a_three_day_
     from deltalake import DeltaTable
 
     assert DeltaTable(str(data_dir / "lake" / OPERATION_RUNS.name)).count() == runs
+
+
+def test_dead_letter_check_stays_failing_while_letters_are_open_and_clears_when_resolved(
+    source_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The UI's no_rows_dead_lettered must not turn green on a clean batch while the letters an
+    earlier batch wrote are still open: an operator would think nothing needs them."""
+    from export_pipeline.definitions import defs
+
+    create_source_schema(source_dsn)
+    seed_source(source_dsn, scale=0.001, days=2, violations=True)
+    monkeypatch.setenv("EXPORT_SOURCE_DSN", source_dsn)
+    monkeypatch.setenv("EXPORT_DATA_DIR", str(tmp_path / "data"))
+    job = defs.resolve_job_def("export_microbatch_job")
+    today = datetime.now(UTC).date().isoformat()
+
+    def check_of(instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
+        result = job.execute_in_process(instance=instance, partition_key=today)
+        (evaluation,) = [
+            e
+            for e in result.get_asset_check_evaluations()
+            if e.asset_key == dg.AssetKey(OPERATION_RUNS.name)
+            and e.check_name == NO_ROWS_DEAD_LETTERED
+        ]
+        return evaluation
+
+    with dg.instance_for_test() as instance:
+        first = check_of(instance)
+        assert not first.passed and first.severity == dg.AssetCheckSeverity.WARN
+        unresolved = first.metadata["unresolved"].value
+        assert unresolved > 0
+        assert sum(v.value for k, v in first.metadata.items() if k.startswith("reason_")) == (
+            unresolved
+        )
+
+        second = check_of(instance)  # nothing new to dead-letter, the letters still open
+        assert second.metadata["dead_lettered_this_run"].value == 0
+        assert not second.passed
+        assert second.metadata["unresolved"].value == unresolved
+
+        con = duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"))
+        try:
+            for letter in dead_letters.list_letters(con, OPERATION_RUNS.name, "open", None):
+                assert dead_letters.resolve(con, letter["dead_letter_id"], "checked by hand")
+        finally:
+            con.close()
+        third = check_of(instance)
+        assert third.passed and third.metadata["unresolved"].value == 0

@@ -18,7 +18,8 @@ from export_pipeline.validate import SchemaMismatchError
 
 #: Blocking: fails when a dataset's batch is rejected as a whole (schema mismatch).
 BATCH_FITS_CONTRACT = "batch_fits_contract"
-#: Warning: rows of the batch went to the dead-letter table.
+#: Warning: the dataset has dead letters not yet resolved (open or exhausted), whichever batch
+#: wrote them: it stays failing until they are retried into the warehouse or resolved.
 NO_ROWS_DEAD_LETTERED = "no_rows_dead_lettered"
 #: Error: dead letters ran out of retries (the contract's "operational alerting").
 NO_DEAD_LETTERS_EXHAUSTED = "no_dead_letters_exhausted"
@@ -84,10 +85,52 @@ def last_good_state(export: ExportResource, ds: Dataset) -> dict[str, dg.Metadat
     }
 
 
+def unresolved_letters(con: duckdb.DuckDBPyConnection, ds: Dataset) -> list[dict]:
+    """The dataset's dead letters not yet resolved, counted by reason and status."""
+    from export_pipeline.sqlfiles import read_sql
+    from export_pipeline.warehouse import fetch_dicts
+
+    return fetch_dicts(
+        con, read_sql("warehouse", "select_unresolved_dead_letters.sql"), {"dataset": ds.name}
+    )
+
+
+def dead_letter_check(letters: list[dict], batch_dead_lettered: int | None) -> dg.AssetCheckResult:
+    """``no_rows_dead_lettered``: WARN while the dataset has unresolved letters (not only this
+    batch's), with their counts by reason, so it turns green only when they are closed."""
+    unresolved = sum(int(r["n"]) for r in letters)
+    reasons: dict[str, int] = {}
+    for r in letters:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + int(r["n"])
+    metadata: dict[str, dg.MetadataValue] = {
+        "unresolved": dg.MetadataValue.int(unresolved),
+        "open": dg.MetadataValue.int(sum(int(r["n"]) for r in letters if r["status"] == "open")),
+        "exhausted": dg.MetadataValue.int(
+            sum(int(r["n"]) for r in letters if r["status"] == "exhausted")
+        ),
+        **{
+            f"reason_{reason}": dg.MetadataValue.int(count)
+            for reason, count in sorted(reasons.items())
+        },
+    }
+    if batch_dead_lettered is not None:
+        metadata["dead_lettered_this_run"] = dg.MetadataValue.int(batch_dead_lettered)
+    return dg.AssetCheckResult(
+        check_name=NO_ROWS_DEAD_LETTERED,
+        passed=unresolved == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=f"{unresolved} dead letter(s) not resolved; see `export-pipeline "
+        f"dead-letter list`"
+        if unresolved
+        else "No unresolved dead letters.",
+    )
+
+
 def _run_batches(
     context: dg.AssetExecutionContext, ds: Dataset, export: ExportResource
-) -> tuple[list[BatchResult], int]:
-    """The run's batches, and the dataset's exhausted dead letters afterwards."""
+) -> tuple[list[BatchResult], int, list[dict]]:
+    """The run's batches, and the dataset's exhausted and unresolved dead letters afterwards."""
     settings = export.settings()
     dsn = export.source_dsn()
     with export.warehouse() as con:
@@ -111,7 +154,7 @@ def _run_batches(
             # The warehouse batch stands; the lake asset rewrites the table and its blocking
             # check reports whether that holds.
             context.log.error(str(exc))
-        return results, exhausted_count(con, ds)
+        return results, exhausted_count(con, ds), unresolved_letters(con, ds)
 
 
 def _export(
@@ -177,7 +220,8 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(
                 NO_ROWS_DEAD_LETTERED,
                 asset=ds.name,
-                description="No row of the batch broke the contract (WARN when some did).",
+                description="The dataset has no unresolved dead letters (WARN while some are "
+                "open or exhausted, whichever batch wrote them).",
             ),
             dg.AssetCheckSpec(
                 NO_DEAD_LETTERS_EXHAUSTED,
@@ -188,9 +232,11 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
     )
     def export_asset(context: dg.AssetExecutionContext, export: ExportResource):
         try:
-            results, exhausted = _run_batches(context, ds, export)
+            results, exhausted, letters = _run_batches(context, ds, export)
         except SchemaMismatchError as exc:
             context.log.error(str(exc))
+            with export.warehouse() as con:  # the letters already open still stand
+                letters = unresolved_letters(con, ds)
             yield dg.MaterializeResult(
                 metadata={
                     "rejected": dg.MetadataValue.text(str(exc)),
@@ -202,11 +248,7 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
                         passed=False,
                         metadata={"error": dg.MetadataValue.text(str(exc))},
                     ),
-                    dg.AssetCheckResult(
-                        check_name=NO_ROWS_DEAD_LETTERED,
-                        passed=True,
-                        metadata={"skipped": "batch rejected as a whole"},
-                    ),
+                    dead_letter_check(letters, None),
                     dg.AssetCheckResult(
                         check_name=NO_DEAD_LETTERS_EXHAUSTED,
                         passed=True,
@@ -217,26 +259,11 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
             return
         totals = combine(results)
         context.log.info(f"{ds.name}: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
-        reasons: dict[str, int] = {}
-        for r in results:
-            for reason, count in r.dead_letters_by_reason.items():
-                reasons[reason] = reasons.get(reason, 0) + count
         yield dg.MaterializeResult(
             metadata=batch_metadata(results),
             check_results=[
                 dg.AssetCheckResult(check_name=BATCH_FITS_CONTRACT, passed=True),
-                dg.AssetCheckResult(
-                    check_name=NO_ROWS_DEAD_LETTERED,
-                    passed=totals["dead_lettered"] == 0,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    metadata={
-                        "dead_lettered": dg.MetadataValue.int(totals["dead_lettered"]),
-                        **{
-                            f"reason_{reason}": dg.MetadataValue.int(count)
-                            for reason, count in sorted(reasons.items())
-                        },
-                    },
-                ),
+                dead_letter_check(letters, totals["dead_lettered"]),
                 dg.AssetCheckResult(
                     check_name=NO_DEAD_LETTERS_EXHAUSTED,
                     passed=exhausted == 0,
