@@ -61,8 +61,11 @@ CheckName = Literal[
     "status_distribution",
 ]
 
-#: Why a key differs. The first five are repaired by re-reading the key (``content_differs``
-#: and ``warehouse_version_ahead`` replace the warehouse row, whatever its version);
+#: Why a key differs. The first six are repaired by re-reading the key (``content_differs``
+#: and ``warehouse_version_ahead`` replace the warehouse row, whatever its version;
+#: ``source_rewritten_same_version``, a source row written again, with a new cursor and new
+#: content, but the version it had, goes through the load's rule: a ``version_conflict`` dead
+#: letter, the stored row kept, as a micro-batch reading it would do);
 #: ``extra_in_warehouse`` rows (written by no batch of the ledger) are removed; the last two are
 #: states the warehouse keeps on purpose: reported once, then remembered as acknowledged.
 Kind = Literal[
@@ -71,6 +74,7 @@ Kind = Literal[
     "warehouse_version_behind",
     "warehouse_version_ahead",
     "dead_letter_missing",
+    "source_rewritten_same_version",
     "extra_in_warehouse",
     "deleted_at_source",
     "source_version_regressed",
@@ -82,6 +86,7 @@ REREAD_KINDS: tuple[Kind, ...] = (
     "warehouse_version_behind",
     "warehouse_version_ahead",
     "dead_letter_missing",
+    "source_rewritten_same_version",
 )
 #: Kinds whose warehouse row is deleted before the key is re-read (the load would otherwise keep
 #: it: an equal version with other content is a conflict, a higher version wins).
@@ -466,6 +471,10 @@ SELECT *, CASE
     WHEN in_s AND {str(upsert).lower()} AND source_version < warehouse_version
         THEN CASE WHEN same_but_version THEN 'warehouse_version_ahead'
                   ELSE 'source_version_regressed' END
+    WHEN in_s AND {str(upsert).lower()} AND list_contains(columns, {_literal_name(ds.cursor)})
+        AND len(columns) > 1 THEN
+        CASE WHEN list_contains(reasons, 'version_conflict') THEN NULL
+             ELSE 'source_rewritten_same_version' END
     WHEN in_s THEN
         CASE WHEN list_contains(reasons, 'version_conflict') THEN NULL ELSE 'content_differs' END
     WHEN in_w AND NOT w_from_ledger THEN 'extra_in_warehouse'

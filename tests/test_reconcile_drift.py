@@ -398,3 +398,26 @@ def test_each_kind_of_drift_is_detected_named_and_repaired_as_the_policy_says(
     # The lake follows the repair batch: its deletions and replacements included.
     lake.sync(pipe.con, the_lake, (ds,))
     assert lake.check_table(pipe.con, the_lake, ds).passed, name
+
+
+def test_a_row_rewritten_at_the_source_with_its_old_version_is_a_conflict_not_an_overwrite(
+    pipe: Pipeline,
+):
+    """The contract applies an upsert only for a higher version: reconciliation must not
+    overwrite a stored row with one the producer rewrote at the same version (a micro-batch
+    dead-letters it as a version conflict; so does the repair)."""
+    base = _baseline(pipe)
+    row = base["company"]
+    ds = COMPANY_ENTITIES
+    (before,) = [r for r in pipe.rows(ds) if str(r["entity_id"]) == str(row["entity_id"])]
+    rewritten_at = _at(TODAY - timedelta(days=1), 9)
+    pipe.src.update(ds, _company_ref(row), canonical_name="Rewritten", updated_at=rewritten_at)
+    results = reconcile_dataset(
+        ds, None, source_dsn=pipe.src.dsn, con=pipe.con, settings=pipe.settings
+    )
+    assert set(_found(results)) == {"source_rewritten_same_version"}
+    (after,) = [r for r in pipe.rows(ds) if str(r["entity_id"]) == str(row["entity_id"])]
+    assert after == before, "the stored row is kept, not rewritten"
+    letters = [d for d in pipe.dead_letters(ds) if d["status"] == "open"]
+    assert [d["reason"] for d in letters] == ["version_conflict"]
+    assert all(r.passed for r in _parity(results))
