@@ -492,7 +492,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"""
 warehouse file:  {settings.warehouse_path}   (the pipeline's; it holds the write lock)
-Parquet lake:    {settings.data_dir / "lake"}/<dataset>/   (Hive-partitioned, zstd)
+Delta lake:      {settings.lake_uri}/<dataset>   (one Delta table each: polars.scan_delta, deltalake)
 for analysts:    make sql   (DuckDB {_duckdb_version()} shell on {settings.data_dir / "analytics.duckdb"}; never blocks a run)
 query it:        .venv/bin/export-pipeline query "SELECT status, count(*) AS runs FROM dx_operation_runs_v1 GROUP BY ALL ORDER BY runs DESC"
 status:          .venv/bin/export-pipeline status
