@@ -13,6 +13,7 @@ import dagster as dg
 from export_pipeline import analytics, lake
 from export_pipeline.config import Settings
 from export_pipeline.contract import DATASETS, Dataset
+from export_pipeline.defs import built_when_looked_up
 from export_pipeline.defs.resources import ExportResource
 
 #: Blocking: the dataset's lake commits of this run hold exactly the rows they were given.
@@ -177,11 +178,6 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     )
 
 
-def __getattr__(name: str) -> object:
-    """``defs`` and the schedules, built from the settings when first looked up (PEP 562)."""
-    if name == "defs":
-        return build_defs()
-    if name in ("lake_check_schedule", "lake_maintenance_schedule"):
-        check, maintenance = build_schedules()
-        return check if name == "lake_check_schedule" else maintenance
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = built_when_looked_up(
+    __name__, build_defs, build_schedules, ("lake_check_schedule", "lake_maintenance_schedule")
+)

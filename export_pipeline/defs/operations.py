@@ -13,6 +13,7 @@ import dagster as dg
 from export_pipeline import lake
 from export_pipeline.config import Settings
 from export_pipeline.contract import DATASETS, Dataset
+from export_pipeline.defs import built_when_looked_up
 from export_pipeline.defs.assets import export_microbatch_job
 from export_pipeline.defs.liveness import reap_dead_runs
 from export_pipeline.defs.resources import ExportResource
@@ -258,12 +259,6 @@ def build_defs(settings: Settings | None = None) -> dg.Definitions:
     )
 
 
-def __getattr__(name: str) -> object:
-    """``defs`` and the two schedules, built from the settings when first looked up (PEP 562):
-    importing this module (for its tags, say) reads no setting."""
-    if name == "defs":
-        return build_defs()
-    if name in ("export_microbatch_schedule", "reconcile_schedule"):
-        microbatch, reconcile = build_schedules()
-        return microbatch if name == "export_microbatch_schedule" else reconcile
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = built_when_looked_up(
+    __name__, build_defs, build_schedules, ("export_microbatch_schedule", "reconcile_schedule")
+)
