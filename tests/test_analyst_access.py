@@ -65,7 +65,6 @@ def _microbatch(instance: dg.DagsterInstance) -> bool:
     ops = [ds.name for ds in DATASETS] + [f"lake__{ds.name}" for ds in DATASETS]
     result = job.execute_in_process(
         instance=instance,
-        partition_key=datetime.now(UTC).date().isoformat(),
         op_selection=ops,
         raise_on_error=False,
     )

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 from conftest import Pipeline
 from dagster._core.instance.ref import InstanceRef
 from rows import new_id
 
 from export_pipeline.batch import run_backfill
 from export_pipeline.contract import COMPANY_ENTITIES, DATASETS, OPERATION_RUNS
+from export_pipeline.defs.assets import (
+    BACKFILL_END_TAG,
+    BACKFILL_START_TAG,
+    ORG_TAG,
+    BackfillWindow,
+)
 from export_pipeline.extract import Window
-from export_pipeline.warehouse import get_watermark, run_sql
+from export_pipeline.warehouse import get_watermark, open_warehouse, run_sql
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,8 +144,11 @@ def test_cli_backfill_is_one_dagster_run_for_the_whole_range(pipe: Pipeline, tmp
         runs = instance.get_run_records()
         assert len(runs) == 1
         tags = runs[0].dagster_run.tags
-    assert tags["dagster/asset_partition_range_start"] == first.isoformat()
-    assert tags["dagster/asset_partition_range_end"] == last.isoformat()
+    assert (tags[BACKFILL_START_TAG], tags[BACKFILL_END_TAG]) == (
+        first.isoformat(),
+        last.isoformat(),
+    )
+    assert not [t for t in tags if t.startswith("dagster/asset_partition")]
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
     try:
         ((rows,),) = run_sql(con, f'SELECT count(*) FROM "{OPERATION_RUNS.name}"')
@@ -144,3 +156,136 @@ def test_cli_backfill_is_one_dagster_run_for_the_whole_range(pipe: Pipeline, tmp
     finally:
         con.close()
     assert rows == 3 and batches == 3
+
+
+# --- export_backfill_job: the range comes from its own run tags --------------------------------
+
+
+@pytest.fixture
+def dagster_env(pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """A Dagster instance whose runs see the test's source and warehouse (connection closed)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    for key, value in {
+        "EXPORT_SOURCE_DSN": pipe.src.dsn,
+        "EXPORT_DATA_DIR": str(pipe.settings.data_dir),
+        "EXPORT_SAFETY_LAG_SECONDS": "0",
+        "DAGSTER_HOME": str(home),
+    }.items():
+        monkeypatch.setenv(key, value)
+    pipe.con.close()
+    with dg.instance_for_test() as instance:
+        yield instance
+    pipe.con = duckdb.connect(str(pipe.settings.warehouse_path))
+
+
+def _backfill_job(instance: dg.DagsterInstance, tags: dict[str, str], *datasets) -> object:
+    from export_pipeline.definitions import defs
+
+    return defs.resolve_job_def("export_backfill_job").execute_in_process(
+        instance=instance,
+        tags=tags,
+        asset_selection=[dg.AssetKey(ds.name) for ds in datasets] or None,
+        raise_on_error=False,
+    )
+
+
+def _data_files(data_dir: Path) -> dict[str, str]:
+    """Every file under the data directory (warehouse, WAL, lake), by content hash."""
+    return {
+        str(p.relative_to(data_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(data_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("tags", "named"),
+    [
+        ({}, [f"{BACKFILL_START_TAG} is missing", f"{BACKFILL_END_TAG} is missing"]),
+        ({BACKFILL_START_TAG: "2026-11-02"}, [f"{BACKFILL_END_TAG} is missing"]),
+        (
+            {BACKFILL_START_TAG: "yesterday", BACKFILL_END_TAG: "2026-11-02"},
+            [f"{BACKFILL_START_TAG}='yesterday' is not a date (YYYY-MM-DD)"],
+        ),
+        (
+            {BACKFILL_START_TAG: "2026-11-03", BACKFILL_END_TAG: "2026-11-01"},
+            [f"{BACKFILL_END_TAG}=2026-11-01 is before {BACKFILL_START_TAG}=2026-11-03"],
+        ),
+        (
+            {BACKFILL_START_TAG: "2026-11-01", BACKFILL_END_TAG: "2026-11-01", ORG_TAG: "acme"},
+            [f"{ORG_TAG}='acme' is not an org uuid"],
+        ),
+    ],
+    ids=["no-tags", "no-end", "not-a-date", "end-before-start", "bad-org"],
+)
+def test_backfill_job_without_a_valid_range_fails_at_once_naming_the_tags_and_touches_nothing(
+    pipe: Pipeline, dagster_env: dg.DagsterInstance, tags: dict[str, str], named: list[str]
+):
+    """A UI user who launches the backfill job without (or with wrong) tags must be told what to
+    set, and nothing may be re-extracted, loaded or moved meanwhile (not even the watermark)."""
+    pipe.src.insert(OPERATION_RUNS, created_at=_at(datetime.now(UTC).date() - timedelta(days=1)))
+    before = _data_files(pipe.settings.data_dir)
+    result = _backfill_job(dagster_env, tags)
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert {e.step_key for e in failures} == {ds.name for ds in DATASETS}
+    for event in failures:
+        message = event.step_failure_data.error.message
+        for text in named:
+            assert text in message
+        assert "export_backfill_job's Launchpad, 'Edit tags'" in message
+        assert "export-pipeline backfill --start" in message
+        assert "Traceback" not in message
+    # The lake steps never ran, and no file under the data directory changed.
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert not [s for s in started if s.startswith("lake")]
+    assert _data_files(pipe.settings.data_dir) == before
+
+
+def test_backfill_job_re_extracts_exactly_the_days_its_tags_name(
+    pipe: Pipeline, dagster_env: dg.DagsterInstance
+):
+    """The UI's way to backfill (export_backfill_job with start/end tags) must load exactly
+    those UTC days, leave the watermark alone, and record the days on the materialization."""
+    today = datetime.now(UTC).date()
+    by_day = {
+        today - timedelta(days=d): [
+            pipe.src.insert(OPERATION_RUNS, created_at=_at(today - timedelta(days=d), h))
+            for h in (0, 23)
+        ]
+        for d in range(1, 6)
+    }
+    first, last = today - timedelta(days=4), today - timedelta(days=2)
+    result = _backfill_job(dagster_env, BackfillWindow(first, last).tags(), OPERATION_RUNS)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node(OPERATION_RUNS.name)
+    assert materialization.partition is None
+    assert materialization.metadata["backfill_days"].value == f"{first} .. {last}"
+    assert materialization.metadata["inserted"].value == 6
+    with open_warehouse(pipe.settings.warehouse_path) as con:
+        loaded = {str(r[0]) for r in run_sql(con, f'SELECT run_id FROM "{OPERATION_RUNS.name}"')}
+        ledger = run_sql(
+            con,
+            "SELECT mode, count(*) FROM _export_batches WHERE dataset = $d GROUP BY ALL",
+            {"d": OPERATION_RUNS.name},
+        )
+        assert get_watermark(con, OPERATION_RUNS) is None
+    wanted = {str(r["run_id"]) for d, rows in by_day.items() if first <= d <= last for r in rows}
+    assert loaded == wanted and len(wanted) == 6
+    assert ledger == [("backfill", 3)]
+
+
+def test_backfill_job_for_one_org_re_extracts_only_that_org(
+    pipe: Pipeline, dagster_env: dg.DagsterInstance
+):
+    """The org tag narrows a UI backfill to one tenant, as `--org` does on the CLI."""
+    day = datetime.now(UTC).date() - timedelta(days=2)
+    mine, theirs = new_id(), new_id()
+    pipe.src.insert(OPERATION_RUNS, org_id=mine, created_at=_at(day))
+    pipe.src.insert(OPERATION_RUNS, org_id=theirs, created_at=_at(day))
+    result = _backfill_job(dagster_env, BackfillWindow(day, day, mine).tags(), OPERATION_RUNS)
+    assert result.success
+    with open_warehouse(pipe.settings.warehouse_path) as con:
+        orgs = [str(r[0]) for r in run_sql(con, f'SELECT org_id FROM "{OPERATION_RUNS.name}"')]
+    assert orgs == [mine]

@@ -46,8 +46,7 @@ def _run_job(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     from export_pipeline.definitions import defs
 
     job = defs.resolve_job_def("export_microbatch_job")
-    today = datetime.now(UTC).date().isoformat()
-    return job.execute_in_process(instance=instance, raise_on_error=False, partition_key=today)
+    return job.execute_in_process(instance=instance, raise_on_error=False)
 
 
 def test_code_location_declares_five_assets_their_sources_and_checks():

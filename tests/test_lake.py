@@ -406,6 +406,7 @@ def test_a_ui_backfill_of_warehouse_assets_alone_reaches_the_lake(pipe: Pipeline
     """A backfill launched from the UI on the warehouse assets (no lake asset selected) must not
     leave the lake stale: the warehouse asset drains its own changes."""
     from export_pipeline.definitions import defs
+    from export_pipeline.defs.assets import BackfillWindow
 
     day = datetime.now(UTC).date() - timedelta(days=2)
     for hour in (3, 9):
@@ -414,10 +415,7 @@ def test_a_ui_backfill_of_warehouse_assets_alone_reaches_the_lake(pipe: Pipeline
     result = defs.resolve_job_def("export_backfill_job").execute_in_process(
         instance=dagster_env,
         asset_selection=[dg.AssetKey(OPERATION_RUNS.name)],
-        tags={
-            "dagster/asset_partition_range_start": day.isoformat(),
-            "dagster/asset_partition_range_end": day.isoformat(),
-        },
+        tags=BackfillWindow(day, day).tags(),
     )
     assert result.success
     assert _lake_rows(pipe.settings, OPERATION_RUNS) == 2

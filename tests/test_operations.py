@@ -227,14 +227,11 @@ def test_microbatch_job_fails_no_dead_letters_exhausted_once_a_letter_runs_out(
     from export_pipeline.definitions import defs
 
     job = defs.resolve_job_def("export_microbatch_job")
-    today = datetime.now(UTC).date().isoformat()
     warehouse = tmp_path / "data" / "warehouse.duckdb"
     seen = []
     with dg.instance_for_test() as instance:
         for _ in range(2):
-            result = job.execute_in_process(
-                instance=instance, partition_key=today, raise_on_error=False
-            )
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
             assert result.success
             checks = {
                 e.asset_key.to_user_string(): e
@@ -629,14 +626,16 @@ def test_lag_sla_is_breached_by_a_stopped_pipeline_even_when_the_source_is_quiet
 # --- schedules -------------------------------------------------------------------------------
 
 
-def test_microbatch_schedule_requests_the_utc_day_and_skips_while_a_run_is_in_flight() -> None:
+def test_microbatch_schedule_requests_an_unpartitioned_run_and_skips_while_one_is_in_flight() -> (
+    None
+):
     """Overlapping micro-batches must not pile up: a tick skips, naming the run in flight, and
-    otherwise asks for the UTC day's partition (not the scheduler's local day)."""
+    otherwise requests a run with no partition key (the warehouse assets are not partitioned;
+    a key would make the run fail)."""
     from export_pipeline.definitions import defs
 
     microbatch = defs.resolve_job_def("export_microbatch_job")
     reconcile = defs.resolve_job_def("reconcile_job")
-    # 21:30 in Los Angeles on 1 March is 05:30 UTC on 2 March.
     when = datetime(2026, 3, 1, 21, 30, tzinfo=ZoneInfo("America/Los_Angeles"))
     with dg.instance_for_test() as instance:
 
@@ -646,7 +645,7 @@ def test_microbatch_schedule_requests_the_utc_day_and_skips_while_a_run_is_in_fl
 
         request = tick()
         assert isinstance(request, dg.RunRequest)
-        assert request.partition_key == "2026-03-02"
+        assert request.partition_key is None
 
         instance.create_run_for_job(microbatch, status=dg.DagsterRunStatus.SUCCESS)
         instance.create_run_for_job(reconcile, status=dg.DagsterRunStatus.STARTED)

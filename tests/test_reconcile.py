@@ -402,7 +402,7 @@ def test_reconciliation_checks_keep_their_result_after_the_next_micro_batch(
             instance=instance, raise_on_error=False
         )
         microbatch = defs.resolve_job_def("export_microbatch_job").execute_in_process(
-            instance=instance, raise_on_error=False, partition_key=TODAY.isoformat()
+            instance=instance, raise_on_error=False
         )
         assert microbatch.success
         key = reconciliation_key(OPERATION_RUNS)

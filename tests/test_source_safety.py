@@ -589,9 +589,7 @@ def test_dagster_shows_the_dataset_rls_blinds_with_its_fix_and_last_good_state(
     monkeypatch.setenv("EXPORT_DATA_DIR", str(tmp_path / "data"))
     job = defs.resolve_job_def("export_microbatch_job")
     with dg.instance_for_test() as instance:
-        result = job.execute_in_process(
-            instance=instance, raise_on_error=False, partition_key="2026-01-01"
-        )
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     failed = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
     assert failed == {OPERATION_RUNS.name}

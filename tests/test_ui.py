@@ -21,7 +21,11 @@ import pytest
 
 from export_pipeline import dead_letters
 from export_pipeline.contract import COMPANY_ENTITIES, DATASETS, OPERATION_RUNS
-from export_pipeline.defs.assets import NO_ROWS_DEAD_LETTERED
+from export_pipeline.defs.assets import (
+    BACKFILL_START_TAG,
+    NO_ROWS_DEAD_LETTERED,
+    BackfillWindow,
+)
 from export_pipeline.source import create_source_schema, seed_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,32 +111,36 @@ query($location: String!) {
   }
 }
 """
-BACKFILL_MUTATION = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
+LAUNCH_RUN_MUTATION = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
     __typename
-    ... on LaunchBackfillSuccess { backfillId }
+    ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
   }
 }
 """
-BACKFILL_QUERY = """
-query($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    ... on PartitionBackfill { status runs(limit: 10) { runId status } }
+RUN_QUERY = """
+query($id: ID!) {
+  runOrError(runId: $id) {
+    ... on Run { status tags { key value } }
   }
 }
 """
 
 
-def test_ui_shows_schedules_partitioned_assets_with_checks_and_runs_a_three_day_backfill(ui):
-    """What an operator does in the UI (see lineage and checks, backfill three days) must work
-    against the real webserver and daemon, as one run for the range."""
+def test_ui_shows_unpartitioned_assets_with_checks_and_backfills_three_days_by_job(ui):
+    """What an operator does in the UI (see lineage and checks, backfill three days by launching
+    export_backfill_job with its tags, as the Launchpad does) must work against the real
+    webserver and daemon, as one run for the range, with no partitions to show as missing."""
     port, data_dir = ui
     nodes = {"/".join(n["assetKey"]["path"]): n for n in _graphql(port, ASSETS_QUERY)["assetNodes"]}
     for ds in DATASETS:
         node = nodes[ds.name]
-        assert node["isPartitioned"]
+        assert not node["isPartitioned"]
+        assert not nodes[f"lake/{ds.name}"]["isPartitioned"]
         checks = {c["name"] for c in node["assetChecksOrError"]["checks"]}
         assert "batch_fits_contract" in checks
         recon = nodes[f"reconciliation/{ds.name}"]
@@ -147,36 +155,57 @@ def test_ui_shows_schedules_partitioned_assets_with_checks_and_runs_a_three_day_
     assert {s["executionTimezone"] for s in by_name.values()} == {"UTC"}
 
     today = datetime.now(UTC).date()
-    days = [(today - timedelta(days=d)).isoformat() for d in (3, 2, 1)]
+    first, last = today - timedelta(days=3), today - timedelta(days=1)
+    window = BackfillWindow(first, last)
     params = {
-        "assetSelection": [{"path": [OPERATION_RUNS.name]}, {"path": [COMPANY_ENTITIES.name]}],
-        "partitionNames": days,
-        "fromFailure": False,
+        "selector": {
+            "repositoryLocationName": LOCATION,
+            "repositoryName": "__repository__",
+            "jobName": "export_backfill_job",
+            "assetSelection": [{"path": [OPERATION_RUNS.name]}, {"path": [COMPANY_ENTITIES.name]}],
+        },
+        "runConfigData": {},
+        "executionMetadata": {
+            "tags": [{"key": k, "value": v} for k, v in window.tags().items()],
+        },
     }
-    launched = _graphql(port, BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
+    launched = _graphql(port, LAUNCH_RUN_MUTATION, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
 
     def finished() -> dict | None:
-        backfill = _graphql(port, BACKFILL_QUERY, {"id": backfill_id})["partitionBackfillOrError"]
-        return backfill if backfill["status"] not in ("REQUESTED", "IN_PROGRESS") else None
+        run = _graphql(port, RUN_QUERY, {"id": run_id})["runOrError"]
+        return run if run["status"] in ("SUCCESS", "FAILURE", "CANCELED") else None
 
-    backfill = _wait(finished, timeout=300, what="the backfill to finish")
-    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
-    assert [r["status"] for r in backfill["runs"]] == ["SUCCESS"]
+    run = _wait(finished, timeout=300, what="the backfill run to finish")
+    assert run["status"] == "SUCCESS", run
+    assert {t["key"]: t["value"] for t in run["tags"]}[BACKFILL_START_TAG] == first.isoformat()
 
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     try:
         batches = con.execute(
             "SELECT dataset, count(*) FROM _export_batches WHERE mode = 'backfill' "
-            "AND status = 'succeeded' GROUP BY ALL"
+            "AND status = 'succeeded' AND run_id = ? GROUP BY ALL",
+            [run_id],
         ).fetchall()
         ((runs,),) = con.execute(f"SELECT count(*) FROM {OPERATION_RUNS.name}").fetchall()
+        ((days_loaded,),) = con.execute(
+            "SELECT count(DISTINCT CAST(timezone('UTC', created_at) AS DATE)) "
+            f"FROM {OPERATION_RUNS.name} "
+            "WHERE CAST(timezone('UTC', created_at) AS DATE) BETWEEN ? AND ?",
+            [first, last],
+        ).fetchall()
+        ((outside,),) = con.execute(
+            f"SELECT count(*) FROM {OPERATION_RUNS.name} "
+            "WHERE CAST(timezone('UTC', created_at) AS DATE) NOT BETWEEN ? AND ?",
+            [first, last],
+        ).fetchall()
     finally:
         con.close()
+    # One batch per day per dataset, those days' rows and no others.
     assert dict(batches) == {OPERATION_RUNS.name: 3, COMPANY_ENTITIES.name: 3}
-    assert runs > 0
-    # The UI backfill selected warehouse assets only; the lake follows all the same.
+    assert runs > 0 and days_loaded == 3 and outside == 0
+    # The run selected warehouse assets only; the lake follows all the same.
     from deltalake import DeltaTable
 
     assert DeltaTable(str(data_dir / "lake" / OPERATION_RUNS.name)).count() == runs
@@ -194,10 +223,9 @@ def test_dead_letter_check_stays_failing_while_letters_are_open_and_clears_when_
     monkeypatch.setenv("EXPORT_SOURCE_DSN", source_dsn)
     monkeypatch.setenv("EXPORT_DATA_DIR", str(tmp_path / "data"))
     job = defs.resolve_job_def("export_microbatch_job")
-    today = datetime.now(UTC).date().isoformat()
 
     def check_of(instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
-        result = job.execute_in_process(instance=instance, partition_key=today)
+        result = job.execute_in_process(instance=instance)
         (evaluation,) = [
             e
             for e in result.get_asset_check_evaluations()

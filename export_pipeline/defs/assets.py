@@ -1,7 +1,9 @@
 """One warehouse asset per contract dataset, its source as an external spec, and its checks."""
 
 import logging
-import warnings
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
@@ -25,19 +27,83 @@ NO_ROWS_DEAD_LETTERED = "no_rows_dead_lettered"
 NO_DEAD_LETTERS_EXHAUSTED = "no_dead_letters_exhausted"
 
 
-# BackfillPolicy is "beta" in this Dagster release; it is what makes a range one run.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-
-#: Day partitions (UTC, on each dataset's cursor) for backfills and reconciliation. The current
-#: day is included so the micro-batch can report against it.
-DAILY_PARTITIONS = dg.DailyPartitionsDefinition(
-    start_date="2024-01-01", end_offset=1, timezone="UTC"
-)
 #: Run tag choosing how the warehouse assets run: ``microbatch`` (from the watermark, across day
-#: boundaries) or, by default, ``backfill`` (re-extract the run's partition range).
+#: boundaries) or ``backfill`` (re-extract the days the backfill tags name). Unset (a UI
+#: "Materialize"): a backfill when the run carries backfill tags, else a micro-batch.
 MODE_TAG = "export_pipeline/mode"
-#: Run tag narrowing a backfill to one organisation.
+#: Run tags of a backfill (``export_backfill_job``): the first and last UTC day to re-extract,
+#: ``YYYY-MM-DD``, inclusive. The CLI sets them; in the UI, the job's Launchpad ("Edit tags").
+BACKFILL_START_TAG = "export_pipeline/backfill_start"
+BACKFILL_END_TAG = "export_pipeline/backfill_end"
+#: Run tag narrowing a backfill to one organisation (a uuid).
 ORG_TAG = "export_pipeline/org_id"
+
+HOW_TO_BACKFILL = (
+    f"set the run tags {BACKFILL_START_TAG} and {BACKFILL_END_TAG} to the first and last UTC "
+    f"day to re-extract (YYYY-MM-DD, inclusive; optionally {ORG_TAG}=<org uuid>): in the UI, "
+    "export_backfill_job's Launchpad, 'Edit tags'; from the CLI, `export-pipeline backfill "
+    "--start YYYY-MM-DD --end YYYY-MM-DD`"
+)
+
+
+class BackfillWindowError(ValueError):
+    """A backfill run whose tags do not name a valid range of days."""
+
+
+@dataclass(frozen=True)
+class BackfillWindow:
+    """The UTC days ``first``..``last`` (inclusive) a backfill re-extracts, maybe for one org."""
+
+    first: date
+    last: date
+    org_id: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        tags = {BACKFILL_START_TAG: self.first.isoformat(), BACKFILL_END_TAG: self.last.isoformat()}
+        if self.org_id:
+            tags[ORG_TAG] = self.org_id
+        return tags
+
+
+def backfill_window(tags: Mapping[str, str]) -> BackfillWindow:
+    """The backfill's days from the run's tags, or one message saying what is wrong and what to
+    set (raised before anything is read or written)."""
+    problems = []
+    days: dict[str, date] = {}
+    for tag in (BACKFILL_START_TAG, BACKFILL_END_TAG):
+        text = tags.get(tag, "").strip()
+        if not text:
+            problems.append(f"{tag} is missing")
+            continue
+        try:
+            days[tag] = date.fromisoformat(text)
+        except ValueError:
+            problems.append(f"{tag}={text!r} is not a date (YYYY-MM-DD)")
+    org_id = tags.get(ORG_TAG, "").strip() or None
+    if org_id is not None:
+        try:
+            org_id = str(uuid.UUID(org_id))
+        except ValueError:
+            problems.append(f"{ORG_TAG}={org_id!r} is not an org uuid")
+    if len(days) == 2 and days[BACKFILL_END_TAG] < days[BACKFILL_START_TAG]:
+        problems.append(
+            f"{BACKFILL_END_TAG}={days[BACKFILL_END_TAG]} is before "
+            f"{BACKFILL_START_TAG}={days[BACKFILL_START_TAG]}"
+        )
+    if problems:
+        raise BackfillWindowError(
+            f"backfill not started ({'; '.join(problems)}): {HOW_TO_BACKFILL}. Nothing was "
+            "read or written."
+        )
+    return BackfillWindow(days[BACKFILL_START_TAG], days[BACKFILL_END_TAG], org_id)
+
+
+def is_backfill(tags: Mapping[str, str]) -> bool:
+    """Whether a run of the warehouse assets is a backfill (see MODE_TAG)."""
+    mode = tags.get(MODE_TAG)
+    if mode:
+        return mode == "backfill"
+    return BACKFILL_START_TAG in tags or BACKFILL_END_TAG in tags
 
 
 def source_key(ds: Dataset) -> dg.AssetKey:
@@ -54,8 +120,11 @@ def source_spec(ds: Dataset) -> dg.AssetSpec:
     )
 
 
-def batch_metadata(results: list[BatchResult]) -> dict[str, dg.MetadataValue]:
-    """Numeric metadata the UI plots over materializations (totals over a backfill's days)."""
+def batch_metadata(
+    results: list[BatchResult], window: BackfillWindow | None = None
+) -> dict[str, dg.MetadataValue]:
+    """Numeric metadata the UI plots over materializations, one point per run (a backfill's
+    totals over its days)."""
     metadata: dict[str, dg.MetadataValue] = {
         name: dg.MetadataValue.int(value) for name, value in combine(results).items()
     }
@@ -65,6 +134,8 @@ def batch_metadata(results: list[BatchResult]) -> dict[str, dg.MetadataValue]:
     metadata["lag_seconds"] = dg.MetadataValue.float(last.lag_seconds or 0.0)
     metadata["mode"] = dg.MetadataValue.text(last.mode)
     metadata["window_end"] = dg.MetadataValue.text(last.window_end.isoformat())
+    if window is not None:
+        metadata["backfill_days"] = dg.MetadataValue.text(f"{window.first} .. {window.last}")
     if last.window_note:  # why the window stopped short (an open transaction, a standby behind)
         metadata["window_held_back"] = dg.MetadataValue.text(last.window_note)
     return metadata
@@ -128,14 +199,17 @@ def dead_letter_check(letters: list[dict], batch_dead_lettered: int | None) -> d
 
 
 def _run_batches(
-    context: dg.AssetExecutionContext, ds: Dataset, export: ExportResource
+    context: dg.AssetExecutionContext,
+    ds: Dataset,
+    export: ExportResource,
+    window: BackfillWindow | None,
 ) -> tuple[list[BatchResult], int, list[dict]]:
     """The run's batches, and the dataset's exhausted and unresolved dead letters afterwards."""
     settings = export.settings()
     dsn = export.source_dsn()
     with export.warehouse() as con:
         try:
-            results = _export(context, ds, dsn, con, settings)
+            results = _export(context, ds, dsn, con, settings, window)
         except BaseException:
             try:  # days a failed backfill committed before failing reach the lake too
                 lake.sync(con, lake.lake_for(settings), (ds,))
@@ -163,10 +237,11 @@ def _export(
     dsn: str,
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
+    window: BackfillWindow | None,
 ) -> list[BatchResult]:
-    """Micro-batch (then retry due dead letters) or backfill the run's partition range."""
+    """Micro-batch (then retry due dead letters), or backfill the window's days."""
     run_id = context.run.run_id
-    if context.run.tags.get(MODE_TAG) == "microbatch":
+    if window is None:
         result = run_dataset_batch(ds, source_dsn=dsn, con=con, settings=settings, run_id=run_id)
         retried = retry_dead_letters(ds, source_dsn=dsn, con=con, settings=settings, run_id=run_id)
         if retried.retried:
@@ -175,9 +250,6 @@ def _export(
                 f"resolved, {retried.still_open} still open, {retried.exhausted} exhausted"
             )
         return [result]
-
-    window = context.partition_key_range
-    first, last = date.fromisoformat(window.start), date.fromisoformat(window.end)
 
     def progress(done: int, total: int, result: BatchResult) -> None:
         message = (
@@ -190,12 +262,12 @@ def _export(
 
     return run_backfill(
         ds,
-        first,
-        last,
+        window.first,
+        window.last,
         source_dsn=dsn,
         con=con,
         settings=settings,
-        org_id=context.run.tags.get(ORG_TAG),
+        org_id=window.org_id,
         run_id=run_id,
         progress=progress,
     )
@@ -208,8 +280,6 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
         group_name="warehouse",
         kinds={"duckdb"},
         description=ds.description,
-        partitions_def=DAILY_PARTITIONS,
-        backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=[
             dg.AssetCheckSpec(
                 BATCH_FITS_CONTRACT,
@@ -231,8 +301,14 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
         ],
     )
     def export_asset(context: dg.AssetExecutionContext, export: ExportResource):
+        window = None
+        if is_backfill(context.run.tags):
+            try:  # before the warehouse is opened: a bad range touches nothing
+                window = backfill_window(context.run.tags)
+            except BackfillWindowError as exc:
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
         try:
-            results, exhausted, letters = _run_batches(context, ds, export)
+            results, exhausted, letters = _run_batches(context, ds, export, window)
         except SchemaMismatchError as exc:
             context.log.error(str(exc))
             with export.warehouse() as con:  # the letters already open still stand
@@ -260,7 +336,7 @@ def build_export_asset(ds: Dataset) -> dg.AssetsDefinition:
         totals = combine(results)
         context.log.info(f"{ds.name}: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
         yield dg.MaterializeResult(
-            metadata=batch_metadata(results),
+            metadata=batch_metadata(results, window),
             check_results=[
                 dg.AssetCheckResult(check_name=BATCH_FITS_CONTRACT, passed=True),
                 dead_letter_check(letters, totals["dead_lettered"]),
@@ -308,17 +384,23 @@ export_microbatch_job = dg.define_asset_job(
     selection=EXPORT_SELECTION,
     executor_def=dg.in_process_executor,
     tags={MODE_TAG: "microbatch"},
-    description="One micro-batch of every contract dataset: extract, validate, load. "
-    "Reads from each dataset's watermark whatever partition key it is launched with.",
+    description="One micro-batch of every contract dataset: extract from each dataset's "
+    "watermark, validate, load, publish to the lake. Its schedule runs it; 'Materialize' on a "
+    "warehouse asset does the same for that asset.",
 )
 
-#: Re-extract a partition range (UTC days) of the chosen datasets, as one run.
+#: Re-extract the UTC days the run's backfill tags name, of the chosen datasets, as one run.
 export_backfill_job = dg.define_asset_job(
     "export_backfill_job",
     selection=EXPORT_SELECTION,
     executor_def=dg.in_process_executor,
     tags={MODE_TAG: "backfill"},
-    description="Backfill: re-extract the run's partition range (UTC days), idempotently.",
+    description="Backfill: re-extract UTC days first..last (inclusive) of the selected datasets, "
+    "idempotently, as one run; the watermark is left alone. From the UI: this job's Launchpad, "
+    f"'Edit tags', add {BACKFILL_START_TAG}=YYYY-MM-DD and {BACKFILL_END_TAG}=YYYY-MM-DD "
+    f"(optionally {ORG_TAG}=<org uuid>), then Launch Run; without them the run fails at once, "
+    "touching nothing. From the CLI: `export-pipeline backfill --start YYYY-MM-DD --end "
+    "YYYY-MM-DD [--dataset NAME] [--org UUID]`.",
 )
 
 defs = dg.Definitions(

@@ -6,7 +6,7 @@ when this module is imported, and through :class:`Settings`, as every other sett
 """
 
 from collections.abc import Mapping
-from datetime import UTC, date, timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 
@@ -222,8 +222,9 @@ def _microbatch_schedule(context: dg.ScheduleEvaluationContext):
             f"micro-batch run {run_id} is still in progress; this tick is skipped (the next "
             "micro-batch reads from the watermark, so nothing is lost)"
         )
-    day = context.scheduled_execution_time.astimezone(UTC).date().isoformat()
-    return dg.RunRequest(partition_key=day)
+    # No partition key: the warehouse assets are not partitioned; each micro-batch reads from
+    # the watermark and is one materialization (one point on the asset's plots).
+    return dg.RunRequest()
 
 
 def build_schedules(
