@@ -15,7 +15,12 @@ import pytest
 
 from export_pipeline.cli import run_microbatch
 from export_pipeline.contract import DATASETS, OPERATION_RUNS
-from export_pipeline.defs.assets import NO_ROWS_DEAD_LETTERED
+from export_pipeline.defs.assets import (
+    BACKFILL_END_TAG,
+    BACKFILL_START_TAG,
+    MODE_TAG,
+    NO_ROWS_DEAD_LETTERED,
+)
 from export_pipeline.source import create_source_schema, seed_source
 from tests.test_ui import _free_port, _graphql, _wait
 
@@ -81,7 +86,8 @@ def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check
     webserver: tuple[int, list[str]], tmp_path: Path
 ):
     """The UI is where an operator looks first: the lineage must name every dataset, an asset's
-    plots must show its batch metadata, and the dead-letter check must show as failing."""
+    page must show no "missing" partitions and its plots a series of its batches' metadata, the
+    dead-letter check must show as failing, and the backfill job must say how to launch it."""
     from playwright.sync_api import expect, sync_playwright
 
     port, run_ids = webserver
@@ -103,12 +109,20 @@ def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check
             page.screenshot(path=str(shots / "lineage.png"), full_page=True)
             lineage = page.inner_text("body")
 
-            # An asset's plots, over events (time), not one dot per partition.
+            # The asset's page: its latest materialization and history; no day partitions to
+            # report as "missing" (the warehouse assets are not partitioned).
             page.goto(f"{base}/assets/{asset}?view=overview")
+            expect(page.get_by_text("Latest materialization").first).to_be_visible()
+            expect(page.get_by_text("Asset history").first).to_be_visible()
+            page.screenshot(path=str(shots / "asset.png"), full_page=True)
+            overview = page.inner_text("body")
+
+            # Its plots: one point per micro-batch, a series over time, with no switch to a
+            # per-partition view (which drew one dot per partition).
             page.get_by_role("button", name="Plots").click()
-            page.get_by_role("button", name="Events").click()
             for field in ("inserted", "dead_lettered", "lag_seconds", "duration_ms"):
                 expect(page.get_by_text(field, exact=True).first).to_be_visible()
+            expect(page.get_by_role("button", name="Partitions")).to_have_count(0)
             page.screenshot(path=str(shots / "plots.png"), full_page=True)
             plots = page.inner_text("body")
 
@@ -123,14 +137,29 @@ def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check
             page.goto(f"{base}/locations/{LOCATION}/jobs/export_microbatch_job/runs")
             expect(page.get_by_text(run_ids[-1][:8]).first).to_be_visible()
             page.screenshot(path=str(shots / "job_runs.png"), full_page=True)
+
+            # How to backfill from the UI: the backfill job's page says which tags to set, and
+            # its Launchpad has them to edit.
+            page.goto(f"{base}/locations/{LOCATION}/jobs/export_backfill_job")
+            expect(page.get_by_text(BACKFILL_START_TAG, exact=False).first).to_be_visible()
+            backfill_job = page.inner_text("body")
+            page.goto(f"{base}/locations/{LOCATION}/jobs/export_backfill_job/playground")
+            expect(page.get_by_role("button", name="Edit tags")).to_be_visible()
+            expect(page.get_by_text(f"{MODE_TAG}: backfill").first).to_be_visible()
+            page.screenshot(path=str(shots / "backfill_launchpad.png"), full_page=True)
         finally:
             browser.close()
     assert all(ds.name in lineage for ds in DATASETS)
     # The project's dagster.yaml turns off the first-visit newsletter dialog.
     assert not any("Join the Dagster community" in text for text in (lineage, plots, check))
+    for text in (overview, plots):
+        assert "missing" not in text.lower() and "partition" not in text.lower()
     assert "inserted" in plots  # the plots are canvas; their titles are the metadata keys
+    assert f"{BACKFILL_START_TAG}=YYYY-MM-DD" in backfill_job
+    assert f"{BACKFILL_END_TAG}=YYYY-MM-DD" in backfill_job
     listing = check[check.index(NO_ROWS_DEAD_LETTERED) :]
     assert listing.split("\n")[1:3][-1] == "Failed", listing[:300]
     assert "reason_" in check and "Failed" in check
-    for name in ("lineage.png", "plots.png", "check.png", "job_runs.png"):
+    shots_taken = ("lineage.png", "asset.png", "plots.png", "check.png", "job_runs.png")
+    for name in (*shots_taken, "backfill_launchpad.png"):
         assert (shots / name).stat().st_size > 10_000, name
