@@ -289,3 +289,34 @@ def test_backfill_job_for_one_org_re_extracts_only_that_org(
     with open_warehouse(pipe.settings.warehouse_path) as con:
         orgs = [str(r[0]) for r in run_sql(con, f'SELECT org_id FROM "{OPERATION_RUNS.name}"')]
     assert orgs == [mine]
+
+
+def test_materialize_of_a_warehouse_asset_in_the_ui_is_a_micro_batch_unless_given_backfill_tags(
+    pipe: Pipeline, dagster_env: dg.DagsterInstance
+):
+    """The UI's "Materialize" on an unpartitioned warehouse asset must bring it up to date (a
+    micro-batch from the watermark), not fail for want of a range; with the backfill tags in its
+    Launchpad it backfills those days."""
+    from export_pipeline.definitions import defs
+
+    today = datetime.now(UTC).date()
+    old = pipe.src.insert(OPERATION_RUNS, created_at=_at(today - timedelta(days=3)))
+    job = defs.resolve_implicit_global_asset_job_def()
+    selection = [dg.AssetKey(OPERATION_RUNS.name)]
+    first = job.execute_in_process(instance=dagster_env, asset_selection=selection)
+    assert first.success
+    day = today - timedelta(days=3)
+    second = job.execute_in_process(
+        instance=dagster_env, asset_selection=selection, tags=BackfillWindow(day, day).tags()
+    )
+    assert second.success
+    with open_warehouse(pipe.settings.warehouse_path) as con:
+        modes = run_sql(
+            con,
+            "SELECT run_id, mode FROM _export_batches WHERE dataset = $d ORDER BY started_at",
+            {"d": OPERATION_RUNS.name},
+        )
+        assert get_watermark(con, OPERATION_RUNS) is not None
+        loaded = [str(r[0]) for r in run_sql(con, f'SELECT run_id FROM "{OPERATION_RUNS.name}"')]
+    assert modes == [(first.run_id, "microbatch"), (second.run_id, "backfill")]
+    assert loaded == [str(old["run_id"])]
