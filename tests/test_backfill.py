@@ -199,48 +199,48 @@ def _data_files(data_dir: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(
-    ("tags", "named"),
-    [
-        ({}, [f"{BACKFILL_START_TAG} is missing", f"{BACKFILL_END_TAG} is missing"]),
-        ({BACKFILL_START_TAG: "2026-11-02"}, [f"{BACKFILL_END_TAG} is missing"]),
-        (
-            {BACKFILL_START_TAG: "yesterday", BACKFILL_END_TAG: "2026-11-02"},
-            [f"{BACKFILL_START_TAG}='yesterday' is not a date (YYYY-MM-DD)"],
-        ),
-        (
-            {BACKFILL_START_TAG: "2026-11-03", BACKFILL_END_TAG: "2026-11-01"},
-            [f"{BACKFILL_END_TAG}=2026-11-01 is before {BACKFILL_START_TAG}=2026-11-03"],
-        ),
-        (
-            {BACKFILL_START_TAG: "2026-11-01", BACKFILL_END_TAG: "2026-11-01", ORG_TAG: "acme"},
-            [f"{ORG_TAG}='acme' is not an org uuid"],
-        ),
-    ],
-    ids=["no-tags", "no-end", "not-a-date", "end-before-start", "bad-org"],
-)
+#: Backfill tags a UI user might give, and what the refusal must name.
+BAD_RANGES = [
+    ({}, [f"{BACKFILL_START_TAG} is missing", f"{BACKFILL_END_TAG} is missing"]),
+    ({BACKFILL_START_TAG: "2026-11-02"}, [f"{BACKFILL_END_TAG} is missing"]),
+    (
+        {BACKFILL_START_TAG: "yesterday", BACKFILL_END_TAG: "2026-11-02"},
+        [f"{BACKFILL_START_TAG}='yesterday' is not a date (YYYY-MM-DD)"],
+    ),
+    (
+        {BACKFILL_START_TAG: "2026-11-03", BACKFILL_END_TAG: "2026-11-01"},
+        [f"{BACKFILL_END_TAG}=2026-11-01 is before {BACKFILL_START_TAG}=2026-11-03"],
+    ),
+    (
+        {BACKFILL_START_TAG: "2026-11-01", BACKFILL_END_TAG: "2026-11-01", ORG_TAG: "acme"},
+        [f"{ORG_TAG}='acme' is not an org uuid"],
+    ),
+]
+
+
 def test_backfill_job_without_a_valid_range_fails_at_once_naming_the_tags_and_touches_nothing(
-    pipe: Pipeline, dagster_env: dg.DagsterInstance, tags: dict[str, str], named: list[str]
+    pipe: Pipeline, dagster_env: dg.DagsterInstance
 ):
     """A UI user who launches the backfill job without (or with wrong) tags must be told what to
     set, and nothing may be re-extracted, loaded or moved meanwhile (not even the watermark)."""
     pipe.src.insert(OPERATION_RUNS, created_at=_at(datetime.now(UTC).date() - timedelta(days=1)))
     before = _data_files(pipe.settings.data_dir)
-    result = _backfill_job(dagster_env, tags)
-    assert not result.success
-    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert {e.step_key for e in failures} == {ds.name for ds in DATASETS}
-    for event in failures:
-        message = event.step_failure_data.error.message
-        for text in named:
-            assert text in message
-        assert "export_backfill_job's Launchpad, 'Edit tags'" in message
-        assert "export-pipeline backfill --start" in message
-        assert "Traceback" not in message
-    # The lake steps never ran, and no file under the data directory changed.
-    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
-    assert not [s for s in started if s.startswith("lake")]
-    assert _data_files(pipe.settings.data_dir) == before
+    for tags, named in BAD_RANGES:
+        result = _backfill_job(dagster_env, tags)
+        assert not result.success, tags
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert {e.step_key for e in failures} == {ds.name for ds in DATASETS}
+        for event in failures:
+            message = event.step_failure_data.error.message
+            for text in named:
+                assert text in message, (tags, message)
+            assert "export_backfill_job's Launchpad, 'Edit tags'" in message
+            assert "export-pipeline backfill --start" in message
+            assert "Traceback" not in message
+        # The lake steps never ran, and no file under the data directory changed.
+        started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+        assert not [s for s in started if s.startswith("lake")], tags
+        assert _data_files(pipe.settings.data_dir) == before, tags
 
 
 def test_backfill_job_re_extracts_exactly_the_days_its_tags_name(

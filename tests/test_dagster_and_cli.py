@@ -92,17 +92,42 @@ def test_code_location_declares_five_assets_their_sources_and_checks():
     assert checks["reconciliation/dx_person_entities_v1"] == reconciled | null_rate
 
 
-def test_microbatch_job_exports_every_dataset_and_reports_metadata(export_env, seeded_dsn):
-    """The job a schedule launches must load all five tables, record the run in the instance
-    and leave numeric metadata the UI can plot."""
+def test_microbatch_job_exports_every_dataset_each_run_one_materialization_with_plot_metadata(
+    export_env, seeded_dsn
+):
+    """The job a schedule launches must load all five tables and record the run in the
+    instance; the UI's asset page must show no "missing" day partitions and its Plots a series:
+    the assets are not partitioned, each run is one materialization carrying the plotted numbers."""
+    from export_pipeline.definitions import defs
+
+    for ds in DATASETS:
+        for key in (dg.AssetKey(ds.name), dg.AssetKey(["lake", ds.name])):
+            assert defs.resolve_assets_def(key).partitions_def is None, key
     with dg.instance_for_test() as instance:
-        result = _run_job(instance)
-        assert result.success
+        runs = [_run_job(instance) for _ in range(2)]
+        assert all(r.success for r in runs)
+        result = runs[0]
         assert instance.get_run_by_id(result.run_id) is not None
         for ds in DATASETS:
-            mat = result.asset_materializations_for_node(ds.name)[0]
-            for field in ("extracted", "inserted", "dead_lettered", "duration_ms", "lag_seconds"):
-                assert field in mat.metadata
+            key = dg.AssetKey(ds.name)
+            records = instance.fetch_materializations(key, limit=10).records
+            assert [r.run_id for r in records] == [runs[1].run_id, runs[0].run_id]
+            latest = instance.get_latest_materialization_event(key)
+            assert latest is not None and latest.run_id == runs[1].run_id
+            assert instance.get_materialized_partitions(key) == set()
+            inserted = []
+            for record in records:
+                materialization = record.asset_materialization
+                assert materialization is not None and materialization.partition is None
+                metadata = materialization.metadata
+                for field in ("extracted", "inserted", "dead_lettered", "duration_ms"):
+                    assert field in metadata, (ds.name, field)
+                assert "lag_seconds" in metadata and metadata["mode"].value == "microbatch"
+                inserted.append(metadata["inserted"].value)
+            # Newest first: the second batch found nothing new; the first loaded the seed.
+            assert inserted[0] == 0 and inserted[1] > 0, ds.name
+            lake = instance.fetch_materializations(dg.AssetKey(["lake", ds.name]), limit=10)
+            assert len(lake.records) == 2
         checks = {
             (e.asset_key.to_user_string(), e.check_name): e.passed
             for e in result.get_asset_check_evaluations()
@@ -127,46 +152,6 @@ def test_microbatch_job_exports_every_dataset_and_reports_metadata(export_env, s
             assert rows + dead == in_scope, ds.name
             assert versions == 0
     con.close()
-
-
-def test_each_microbatch_is_one_materialization_of_unpartitioned_assets_with_plot_metadata(
-    export_env, seeded_dsn
-):
-    """The UI's asset page must show no "missing" day partitions and its Plots tab a series over
-    time: the warehouse and lake assets are not partitioned, and every micro-batch is one
-    materialization carrying the numbers plotted."""
-    from export_pipeline.definitions import defs
-
-    keys = [dg.AssetKey(ds.name) for ds in DATASETS] + [
-        dg.AssetKey(["lake", ds.name]) for ds in DATASETS
-    ]
-    for key in keys:
-        assert defs.resolve_assets_def(key).partitions_def is None, key
-    with dg.instance_for_test() as instance:
-        runs = [_run_job(instance) for _ in range(2)]
-        assert all(r.success for r in runs)
-        for ds in DATASETS:
-            key = dg.AssetKey(ds.name)
-            records = instance.fetch_materializations(key, limit=10).records
-            assert [r.run_id for r in records] == [runs[1].run_id, runs[0].run_id]
-            latest = instance.get_latest_materialization_event(key)
-            assert latest is not None and latest.run_id == runs[1].run_id
-            assert instance.get_materialized_partitions(key) == set()
-            inserted = []
-            for record in records:
-                materialization = record.asset_materialization
-                assert materialization is not None and materialization.partition is None
-                metadata = materialization.metadata
-                for field in ("extracted", "inserted", "updated", "dead_lettered", "duration_ms"):
-                    assert field in metadata, (ds.name, field)
-                assert metadata["mode"].value == "microbatch"
-                inserted.append(metadata["inserted"].value)
-            # Newest first: the second batch found nothing new; the first loaded the seed.
-            assert inserted[0] == 0 and inserted[1] > 0, ds.name
-            lake_records = instance.fetch_materializations(
-                dg.AssetKey(["lake", ds.name]), limit=10
-            ).records
-            assert len(lake_records) == 2
 
 
 def test_schema_mismatch_fails_only_its_dataset_through_dagster(export_env, seeded_dsn):
