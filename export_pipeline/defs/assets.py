@@ -396,8 +396,8 @@ export_backfill_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     tags={MODE_TAG: "backfill"},
     description="Backfill: re-extract UTC days first..last (inclusive) of the selected datasets, "
-    "idempotently, as one run; the watermark is left alone. From the UI: this job's Launchpad, "
-    f"'Edit tags', add {BACKFILL_START_TAG}=YYYY-MM-DD and {BACKFILL_END_TAG}=YYYY-MM-DD "
+    "idempotently, as one run; the watermark is left alone. From the UI: the Launchpad of this "
+    f"job, Edit tags, add {BACKFILL_START_TAG}=YYYY-MM-DD and {BACKFILL_END_TAG}=YYYY-MM-DD "
     f"(optionally {ORG_TAG}=UUID), then Launch Run; without them the run fails at once, "
     "touching nothing. From the CLI: `export-pipeline backfill --start YYYY-MM-DD --end "
     "YYYY-MM-DD [--dataset NAME] [--org UUID]`.",
