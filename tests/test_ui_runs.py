@@ -124,7 +124,7 @@ def ui(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]
     import psycopg
     from psycopg import sql
 
-    from export_pipeline.cli import run_microbatch
+    from export_pipeline.launcher import run_microbatch
 
     tmp = tmp_path_factory.mktemp("ui_runs")
     database = f"test_{uuid.uuid4().hex}"
