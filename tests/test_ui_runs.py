@@ -232,13 +232,14 @@ def test_the_overview_timeline_query_returns_the_cli_run_under_its_code_location
     assert row in jobs
 
 
-def test_the_job_page_and_the_runs_list_filtered_by_job_list_the_cli_run(ui: Ui):
-    """An operator looks for a job's runs on its page or by filtering the Runs list: a CLI run
-    must be there, linked to its code location."""
+def test_the_job_page_and_the_runs_list_filtered_by_job_or_location_list_the_cli_run(ui: Ui):
+    """An operator looks for a job's runs on its page or by filtering the Runs list (by job, or
+    by the code location's tag): a CLI run must be there, linked to its code location."""
     label = {"key": ".dagster/repository", "value": f"{REPOSITORY}@{LOCATION}"}
     job_page = {"pipelineName": JOB, "tags": [label]}
     runs_list = {"pipelineName": JOB}
-    for filter_ in (job_page, runs_list):
+    by_location = {"tags": [{"key": "dagster/code_location", "value": LOCATION}]}
+    for filter_ in (job_page, runs_list, by_location):
         variables = {"limit": 30, "filter": filter_, "view": "RUNS"}
         results = ui.query(RUNS_FEED_QUERY, variables)["runsFeedOrError"]["results"]
         (run,) = [r for r in results if r["id"] == ui.cli_run_id]
