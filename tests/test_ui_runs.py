@@ -247,3 +247,27 @@ def test_the_job_page_and_the_runs_list_filtered_by_job_or_location_list_the_cli
         origin = run["repositoryOrigin"]
         assert origin["repositoryLocationName"] == LOCATION
         assert origin["repositoryName"] == REPOSITORY
+
+
+REEXECUTE = """
+mutation($params: ReexecutionParams!) {
+  launchRunReexecution(reexecutionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId parentRunId rootRunId pipelineName
+                                    repositoryOrigin { repositoryLocationName } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def test_the_ui_can_re_execute_a_cli_run_in_its_code_location(ui: Ui):
+    """The run page's Re-execute finds the job through the run's code-location origin: on a CLI
+    run without one the webserver answered 500 (`check.not_none(parent_run.remote_job_origin)`)."""
+    params = {"parentRunId": ui.cli_run_id, "strategy": "ALL_STEPS"}
+    launched = ui.query(REEXECUTE, {"params": params})["launchRunReexecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run = launched["run"]
+    assert run["parentRunId"] == run["rootRunId"] == ui.cli_run_id
+    assert run["pipelineName"] == JOB
+    assert run["repositoryOrigin"]["repositoryLocationName"] == LOCATION
