@@ -105,3 +105,47 @@ def test_every_subcommand_lives_in_a_commands_module() -> None:
     assert [m for m in modules if not m.startswith("export_pipeline.commands.")] == []
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert list(sub.choices)[:4] == ["run", "backfill", "status", "demo"]  # the everyday ones
+
+
+def _commands_in(text: str) -> list[list[str]]:
+    """Each ``export-pipeline ...`` the text shows, as its words up to a backtick or line end."""
+    return [
+        m.group(1).split()
+        for m in re.finditer(r"export-pipeline((?: +[-\w=.]+)+)", text)
+        if not m.group(1).strip().startswith(("[", "<"))
+    ]
+
+
+def test_every_command_the_docs_show_exists_with_the_options_they_give_it() -> None:
+    """A README command that --help does not know is the first wrong answer a user meets."""
+    import argparse
+
+    from export_pipeline.cli import build_parser
+
+    def children(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    top = build_parser()
+    global_options = {o for a in top._actions for o in a.option_strings}
+    shown = 0
+    wrong = []
+    for doc in [REPO / "README.md", *(REPO / "docs").glob("*.md")]:
+        for words in _commands_in(doc.read_text()):
+            parser, path = top, []
+            while words and words[0] in children(parser):
+                path.append(words[0])
+                parser = children(parser)[words.pop(0)]
+            if not path and words and set(words) <= global_options:
+                continue  # `export-pipeline --version`
+            if not path or children(parser):
+                wrong.append(f"{doc.name}: export-pipeline {' '.join(path + words)}")
+                continue
+            known = {o for a in parser._actions for o in a.option_strings} | global_options
+            options = [w.split("=")[0] for w in words if w.startswith("--")]
+            wrong += [f"{doc.name}: {' '.join(path)} {o}" for o in options if o not in known]
+            shown += 1
+    assert shown > 30
+    assert wrong == []
