@@ -13,10 +13,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from export_pipeline import terminal
-from export_pipeline.config import Settings, ensure_dagster_home
+from export_pipeline.config import PROJECT_ROOT, Settings, ensure_dagster_home
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -59,39 +59,87 @@ def launch(
     datasets: Sequence[str] | None = None,
     log_level: str = "WARNING",
 ) -> tuple[bool, str, list[dict]]:
-    """Run a job of the code location in this process, recorded in the Dagster instance.
+    """Run a job of the code location in this process, recorded in the Dagster instance as a run
+    of workspace.yaml's code location, as the schedule's are (:func:`_execute_as_location_run`).
 
     Returns (success, run id, the ledger rows the run wrote).
     """
-    import dagster as dg
-
-    from export_pipeline.definitions import defs
     from export_pipeline.defs.liveness import reap_dead_runs
 
+    # The instance records every event; the console shows only what is asked for, and nothing
+    # unless --verbose (a failure is reported by runreport, its stack logged).
+    console = {"log_level": log_level if terminal.verbose() else "CRITICAL"}
     with dagster_instance() as instance:
         for dead in reap_dead_runs(instance):
             print(f"marked run {dead} failed: its process is gone (killed or crashed)")
-        job = defs.resolve_job_def(job_name)
-        # The code location's label, as runs the webserver or daemon launch carry: without it
-        # the UI's job page and Overview timeline do not list the run (workspace.yaml's module).
-        repository = {".dagster/repository": "__repository__@export_pipeline.definitions"}
-        result = job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
+        success, run_id = _execute_as_location_run(
+            instance,
+            job_name,
+            run_config={"loggers": {"console": {"config": console}}},
+            tags=tags or {},
             partition_key=partition_key,
-            tags={**repository, **(tags or {})},
-            asset_selection=[dg.AssetKey(name) for name in datasets] if datasets else None,
-            # The instance records every event; the console shows only what is asked for, and
-            # nothing unless --verbose (a failure is reported by runreport, its stack logged).
-            run_config={
-                "loggers": {
-                    "console": {
-                        "config": {"log_level": log_level if terminal.verbose() else "CRITICAL"}
-                    }
-                }
-            },
+            assets=list(datasets or []),
         )
-    return result.success, result.run_id, ledger_for_run(result.run_id)
+    return success, run_id, ledger_for_run(run_id)
+
+
+def _execute_as_location_run(
+    instance: dg.DagsterInstance,
+    job_name: str,
+    *,
+    run_config: dict[str, Any],
+    tags: dict[str, str],
+    partition_key: str | None,
+    assets: Sequence[str],
+) -> tuple[bool, str]:
+    """Create the run as the webserver creates a launched one, then execute it in this process.
+
+    The UI places a run by its code-location origin (``remote_job_origin``): the Overview
+    timeline drops a run without one, and the job's page, the Runs list and "Re-execute" use it.
+    A run of ``execute_in_process`` has none. So the run is created with the origin of the code
+    location workspace.yaml describes (the one `make ui` serves: location
+    ``export_pipeline.definitions``, repository ``__repository__``; its ``.dagster/repository``
+    label follows from it), built without starting a gRPC server, and with the job as that
+    location's code server loads it (same snapshot, same job tags); it then runs here with the
+    job's own executor (in-process), as a run worker would. Ctrl-C or SIGTERM mark it failed.
+
+    Dagster's private API, confined to this function; checked against Dagster 1.13.27.
+    """
+    import dagster as dg
+    from dagster._core.execution.api import execute_run
+    from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
+    from dagster._grpc.server import LoadedRepositories
+
+    (location,) = location_origins_from_yaml_paths([str(PROJECT_ROOT / "workspace.yaml")])
+    # What that location's code server does to load it (dagster/_grpc/server.py).
+    loaded = LoadedRepositories(
+        location.loadable_target_origin,
+        container_image=None,
+        entry_point=["dagster"],
+        container_context={},
+        code_location_name=location.location_name,
+    )
+    ((repository_name, repository),) = loaded.reconstructables_by_name.items()
+    load_data = repository.get_definition().repository_load_data
+    job = repository.get_reconstructable_job(job_name).with_repository_load_data(load_data)
+    asset_keys = [dg.AssetKey(name) for name in assets]
+    job_def = job.get_definition()
+    if partition_key:
+        tags = {**job_def.get_tags_for_partition_key(partition_key, asset_keys or None), **tags}
+    run = instance.create_run_for_job(
+        job_def=job_def,
+        run_config=run_config,
+        tags={**job_def.run_tags, **tags},
+        asset_selection=frozenset(asset_keys) if asset_keys else None,
+        remote_job_origin=RemoteJobOrigin(
+            RemoteRepositoryOrigin(location, repository_name), job_name
+        ),
+        job_code_origin=job.get_python_origin(),
+        repository_load_data=load_data,
+    )
+    result = execute_run(job, run, instance)
+    return result.success, run.run_id
 
 
 def run_microbatch() -> tuple[bool, str, list[dict]]:

@@ -27,6 +27,7 @@ from tests.test_ui import _free_port, _graphql, _wait
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 LOCATION = "export_pipeline.definitions"
+JOB = "export_microbatch_job"
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -87,7 +88,8 @@ def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check
 ):
     """The UI is where an operator looks first: the lineage must name every dataset, an asset's
     page must show no "missing" partitions and its plots a series of its batches' metadata, the
-    dead-letter check must show as failing, and the backfill job must say how to launch it."""
+    dead-letter check must show as failing, the backfill job must say how to launch it, and the
+    runs the CLI started must be on the job's page and the Overview timeline."""
     from playwright.sync_api import expect, sync_playwright
 
     port, run_ids = webserver
@@ -134,9 +136,16 @@ def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check
             check = page.inner_text("body")
 
             # Runs the CLI started, on the job's page as the schedule's would be.
-            page.goto(f"{base}/locations/{LOCATION}/jobs/export_microbatch_job/runs")
+            page.goto(f"{base}/locations/{LOCATION}/jobs/{JOB}/runs")
             expect(page.get_by_text(run_ids[-1][:8]).first).to_be_visible()
             page.screenshot(path=str(shots / "job_runs.png"), full_page=True)
+
+            # The Overview timeline: the CLI's runs in the job's row, as the schedule's would be
+            # (a run without the code location's origin is left out of it).
+            page.goto(f"{base}/overview/activity/timeline")
+            expect(page.get_by_text(JOB, exact=True).first).to_be_visible()
+            page.screenshot(path=str(shots / "timeline.png"), full_page=True)
+            timeline = page.inner_text("body")
 
             # How to backfill from the UI: the backfill job's page says which tags to set, and
             # its Launchpad has them to edit.
@@ -160,6 +169,7 @@ def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check
     listing = check[check.index(NO_ROWS_DEAD_LETTERED) :]
     assert listing.split("\n")[1:3][-1] == "Failed", listing[:300]
     assert "reason_" in check and "Failed" in check
+    assert JOB in timeline
     shots_taken = ("lineage.png", "asset.png", "plots.png", "check.png", "job_runs.png")
-    for name in (*shots_taken, "backfill_launchpad.png"):
+    for name in (*shots_taken, "timeline.png", "backfill_launchpad.png"):
         assert (shots / name).stat().st_size > 10_000, name
