@@ -54,7 +54,6 @@ def dagster_instance() -> Iterator[dg.DagsterInstance]:
 def launch(
     job_name: str,
     *,
-    partition_key: str | None = None,
     tags: dict[str, str] | None = None,
     datasets: Sequence[str] | None = None,
     log_level: str = "WARNING",
@@ -77,7 +76,6 @@ def launch(
             job_name,
             run_config={"loggers": {"console": {"config": console}}},
             tags=tags or {},
-            partition_key=partition_key,
             assets=list(datasets or []),
         )
     return success, run_id, ledger_for_run(run_id)
@@ -89,7 +87,6 @@ def _execute_as_location_run(
     *,
     run_config: dict[str, Any],
     tags: dict[str, str],
-    partition_key: str | None,
     assets: Sequence[str],
 ) -> tuple[bool, str]:
     """Create the run as the webserver creates a launched one, then execute it in this process.
@@ -125,8 +122,6 @@ def _execute_as_location_run(
     job = repository.get_reconstructable_job(job_name).with_repository_load_data(load_data)
     asset_keys = [dg.AssetKey(name) for name in assets]
     job_def = job.get_definition()
-    if partition_key:
-        tags = {**job_def.get_tags_for_partition_key(partition_key, asset_keys or None), **tags}
     run = instance.create_run_for_job(
         job_def=job_def,
         run_config=run_config,
