@@ -16,7 +16,7 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
-from export_pipeline.config import Settings
+from export_pipeline.config import INSTANCE_SETTINGS_FILE, Settings, missing_instance_settings
 from export_pipeline.defs.liveness import tag_worker
 from export_pipeline.warehouse import open_warehouse
 
@@ -31,6 +31,14 @@ class ExportResource(dg.ConfigurableResource):
         mid-way can be told from a live one."""
         self._settings = Settings.from_env()
         tag_worker(context.instance, context.dagster_run)
+        if context.instance is not None and not context.instance.is_ephemeral:
+            missing = missing_instance_settings(instance_config(context.instance))
+            if missing:
+                context.log.warning(
+                    f"this Dagster instance ({context.instance.root_directory}) lacks the "
+                    f"project's instance settings: {'; '.join(missing)} "
+                    f"(see {INSTANCE_SETTINGS_FILE})"
+                )
 
     def settings(self) -> Settings:
         """The run's settings (read when its resources were set up; outside a run, now)."""
@@ -53,6 +61,17 @@ class ExportResource(dg.ConfigurableResource):
             memory_limit=settings.duckdb_memory_limit,
         ) as con:
             yield con
+
+
+def instance_config(instance: dg.DagsterInstance) -> dict:
+    """The settings ``config.missing_instance_settings`` checks, as ``instance`` applies them
+    (Dagster's defaults included), in `dagster.yaml`'s form."""
+    queue = instance.get_concurrency_config().run_queue_config
+    return {
+        "telemetry": {"enabled": instance.telemetry_enabled},
+        "nux": {"enabled": instance.nux_enabled},
+        "run_queue": {"max_concurrent_runs": queue.max_concurrent_runs} if queue else {},
+    }
 
 
 defs = dg.Definitions(resources={"export": ExportResource()})
