@@ -190,9 +190,12 @@ _warned_homes: set[Path] = set()
 
 
 def instance_settings() -> dict[str, Any]:
-    """The project's instance settings as dotted names: ``{"telemetry.enabled": False, ...}``."""
+    """The project's instance settings as dotted names: ``{"telemetry.enabled": False, ...}``
+    (none when the project's file is absent: not run from a checkout)."""
     import yaml
 
+    if not INSTANCE_SETTINGS_FILE.is_file():
+        return {}
     return _flatten(yaml.safe_load(INSTANCE_SETTINGS_FILE.read_text(encoding="utf-8")) or {})
 
 

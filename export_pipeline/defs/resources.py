@@ -31,13 +31,15 @@ class ExportResource(dg.ConfigurableResource):
         mid-way can be told from a live one."""
         self._settings = Settings.from_env()
         tag_worker(context.instance, context.dagster_run)
-        if context.instance is not None and not context.instance.is_ephemeral:
-            missing = missing_instance_settings(instance_config(context.instance))
+        instance = context.instance
+        if instance is not None and not instance.is_ephemeral and context.log is not None:
+            # `dagster dev` started by hand on any DAGSTER_HOME gets here without the CLI's
+            # check (config.ensure_dagster_home): the run's log in the UI says what is missing.
+            missing = missing_instance_settings(instance_config(instance))
             if missing:
                 context.log.warning(
-                    f"this Dagster instance ({context.instance.root_directory}) lacks the "
-                    f"project's instance settings: {'; '.join(missing)} "
-                    f"(see {INSTANCE_SETTINGS_FILE})"
+                    f"this Dagster instance ({instance.root_directory}) lacks the project's "
+                    f"instance settings: {'; '.join(missing)} (see {INSTANCE_SETTINGS_FILE})"
                 )
 
     def settings(self) -> Settings:
