@@ -48,10 +48,12 @@ ui: env
 	DAGSTER_HOME="$$home" $(CURDIR)/$(VENV)/bin/dg dev -w $(CURDIR)/workspace.yaml $(UI_ARGS)
 
 # Dagster's project CLI on this project ([tool.dg] in pyproject.toml): check that the definitions
-# load, then list them. With the project's DAGSTER_HOME, so that `dg` records no telemetry.
+# load, then list them. With the project's DAGSTER_HOME, so that `dg` records no telemetry, and
+# from there, as `make ui`, so that the settings are read as the CLI reads them.
 defs: env
-	home="$$($(DAGSTER_HOME_OF_PROJECT))" && export DAGSTER_HOME="$$home" && \
-	$(VENV)/bin/dg check defs && $(VENV)/bin/dg list defs
+	home="$$($(DAGSTER_HOME_OF_PROJECT))" && cd "$$home" && export DAGSTER_HOME="$$home" && \
+	$(CURDIR)/$(VENV)/bin/dg check defs --target-path $(CURDIR) && \
+	$(CURDIR)/$(VENV)/bin/dg list defs --target-path $(CURDIR)
 
 # The analysts' SQL shell on analytics.duckdb, with the project's DuckDB (docs/queries.md).
 sql: env

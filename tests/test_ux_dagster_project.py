@@ -44,10 +44,16 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, "EXPORT_ENV_FILE": os.devnull, **extra}
 
 
-def dg_cli(*args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Dagster's `dg` from the project's environment, as a maintainer runs it."""
+def dg_cli(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess:
+    """Dagster's `dg` on the project as `make defs` runs it: from DAGSTER_HOME (Dagster loads a
+    `.env` of its working directory over the environment; the project's settings do not)."""
     return subprocess.run(
-        [str(BIN / "dg"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+        [str(BIN / "dg"), *args, "--target-path", str(REPO)],
+        env=_clean_env(DAGSTER_HOME=str(home), **env),
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -77,8 +83,7 @@ def _instance_settings(home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[boo
 def test_dg_list_defs_shows_every_dataset_job_schedule_and_the_resource(tmp_path: Path) -> None:
     """`dg list defs` is how a maintainer sees what the code location holds: it must load the
     `defs/` folder with no registration by hand, schedules built from the settings read then."""
-    env = _clean_env(DAGSTER_HOME=str(tmp_path), EXPORT_MICROBATCH_MINUTES="5")
-    done = dg_cli("list", "defs", "--json", env=env)
+    done = dg_cli("list", "defs", "--json", home=tmp_path, EXPORT_MICROBATCH_MINUTES="5")
     assert done.returncode == 0, done.stderr[-3000:]
     listed = json.loads(done.stdout)
 
@@ -103,7 +108,7 @@ def test_dg_list_defs_shows_every_dataset_job_schedule_and_the_resource(tmp_path
 
 def test_dg_check_defs_loads_the_code_location(tmp_path: Path) -> None:
     """`dg check defs` is the project's one-command check that the definitions load."""
-    done = dg_cli("check", "defs", env=_clean_env(DAGSTER_HOME=str(tmp_path)))
+    done = dg_cli("check", "defs", home=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "All definitions loaded successfully" in done.stdout + done.stderr
 
