@@ -22,7 +22,8 @@ from export_pipeline.warehouse import open_warehouse
 
 
 class ExportResource(dg.ConfigurableResource):
-    """Settings read from the environment when the run starts (never at import time)."""
+    """The pipeline's settings (every ``EXPORT_*`` variable: the project's `.env` under the
+    environment), read when a run starts, never at import; its source and its warehouse."""
 
     _settings: Settings | None = PrivateAttr(default=None)
 
