@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +290,75 @@ def test_the_projects_default_dagster_home_uses_the_project_settings_file() -> N
     """One file holds the instance settings: the default home's copy cannot drift from it."""
     linked = REPO / "dagster_home" / "dagster.yaml"
     assert linked.is_symlink() and linked.resolve() == INSTANCE_SETTINGS_FILE.resolve()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str, query: str | None = None) -> str:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps({"query": query}).encode() if query else None,
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read().decode()
+
+
+def test_make_ui_on_a_fresh_dagster_home_serves_the_location_with_the_projects_settings(
+    tmp_path: Path,
+) -> None:
+    """`make ui` is how a user meets the UI: on their own new DAGSTER_HOME it must load the code
+    location, with no newsletter dialog, no telemetry and one run at a time."""
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    port = _free_port()
+    env = _clean_env(DAGSTER_HOME=str(home), EXPORT_DATA_DIR=str(tmp_path / "data"))
+    process = subprocess.Popen(
+        ["make", "-s", "ui", f"UI_ARGS=-p {port}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # `dg dev` ignores SIGTERM: its whole group is killed below
+    )
+    query = (
+        "{ shouldShowNux instance { runQueueConfig { maxConcurrentRuns } }"
+        " workspaceOrError { ... on Workspace { locationEntries { name"
+        " locationOrLoadError { __typename } } } } }"
+    )
+    try:
+        deadline = time.monotonic() + 180
+        data = None
+        while time.monotonic() < deadline:
+            try:
+                data = json.loads(_get(port, "/graphql", query))["data"]
+                entries = data["workspaceOrError"]["locationEntries"]
+                if entries and entries[0]["locationOrLoadError"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert data is not None, "make ui did not serve the UI"
+        [entry] = data["workspaceOrError"]["locationEntries"]
+        assert entry == {
+            "name": "export_pipeline.definitions",
+            "locationOrLoadError": {"__typename": "RepositoryLocation"},
+        }
+        assert data["shouldShowNux"] is False
+        assert data["instance"]["runQueueConfig"] == {"maxConcurrentRuns": 1}
+        telemetry = re.search(r'"telemetryEnabled":\s*(\w+)', _get(port, "/"))
+        assert telemetry is not None and telemetry.group(1) == "false"  # what the page sends
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert (home / "dagster.yaml").is_file()
