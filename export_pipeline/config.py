@@ -254,8 +254,9 @@ def instance_settings_warning(config_file: Path) -> str | None:
     missing = missing_instance_settings(config if isinstance(config, dict) else {})
     if not missing:
         return None
+    listed = "; ".join(missing)
     return (
-        f"warning: {config_file} lacks the project's instance settings: {'; '.join(missing)}. "
+        f"warning: {config_file} lacks instance settings of this project: {listed}. "
         f"It is used as it is (never overwritten); add them from {INSTANCE_SETTINGS_FILE}"
     )
 

@@ -263,7 +263,7 @@ def test_a_run_on_an_instance_without_the_settings_says_so_in_its_log(tmp_path: 
         warnings = [
             entry.user_message
             for entry in instance.all_logs(result.run_id)
-            if "lacks the project's instance settings" in entry.user_message
+            if "lacks instance settings of this project" in entry.user_message
         ]
     assert len(warnings) == 1
     assert "telemetry.enabled: false (yours: true)" in warnings[0]

@@ -39,8 +39,8 @@ class ExportResource(dg.ConfigurableResource):
             missing = missing_instance_settings(instance_config(instance))
             if missing:
                 context.log.warning(
-                    f"this Dagster instance ({instance.root_directory}) lacks the project's "
-                    f"instance settings: {'; '.join(missing)} (see {INSTANCE_SETTINGS_FILE})"
+                    f"this Dagster instance ({instance.root_directory}) lacks instance "
+                    f"settings of this project: {'; '.join(missing)} (see {INSTANCE_SETTINGS_FILE})"
                 )
 
     def settings(self) -> Settings:
