@@ -348,7 +348,7 @@ def worker_dagster(params: dict) -> dict:
     and the time its Delta commits took (``lake_seconds``)."""
     t0 = time.perf_counter()
     import export_pipeline.definitions  # noqa: F401  (imports are start-up, reported apart)
-    from export_pipeline.cli import run_microbatch
+    from export_pipeline.launcher import run_microbatch
 
     lake_log = _install_lake_timer()
     t_import = time.perf_counter() - t0

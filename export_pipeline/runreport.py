@@ -84,7 +84,7 @@ def dagster_failures(run_id: str) -> tuple[dict[str, str], str | None]:
     """
     import dagster as dg
 
-    from export_pipeline.cli import dagster_instance
+    from export_pipeline.launcher import dagster_instance
 
     by_dataset: dict[str, str] = {}
     run_error: str | None = None

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import adbc_driver_postgresql.dbapi as adbc
 from adbc_driver_postgresql import StatementOptions
 
-from export_pipeline import extract
+from export_pipeline import extract, source_session
 from export_pipeline.batch import scrub
 from export_pipeline.config import Settings, redact_dsn
 from export_pipeline.contract import DATASETS, Dataset
@@ -136,18 +136,6 @@ def _base_type(pg_type: str) -> str:
     """``character varying(255)`` -> ``character varying``; ``timestamp(3) with time zone`` ->
     ``timestamp with time zone``: the names ``extract.ACCEPTED_SOURCE_TYPES`` uses."""
     return re.sub(r"\s*\(\d+(,\s*\d+)?\)", "", pg_type)
-
-
-def relation_tree(conn: adbc.Connection, relation: str) -> list[dict[str, Any]]:
-    """The relation and every relation it reads through views (see select_relation_tree.sql)."""
-    schema, name = relation.split(".")
-    return _rows(conn, read_sql("source_check", "select_relation_tree.sql"), (schema, name))
-
-
-def rls_blocks(conn: adbc.Connection, relation: str) -> list[str]:
-    """Relations behind ``relation`` whose row-level security applies to the role reading them
-    (the current user, or a view's owner): rows the pipeline cannot see, without an error."""
-    return [r["relation"] for r in relation_tree(conn, relation) if r["rls_applies"]]
 
 
 def _check_columns(conn: adbc.Connection, ds: Dataset, check: DatasetCheck) -> None:
@@ -329,7 +317,7 @@ def check_dataset(conn: adbc.Connection, ds: Dataset, settings: Settings) -> Dat
     rel = source_relation(ds, settings)
     mapped = source_dataset(ds, settings)
     check = DatasetCheck(ds.name, rel.relation, rel.origin)
-    tree = relation_tree(conn, mapped.source_table)
+    tree = source_session.relation_tree(conn, mapped.source_table)
     if not tree:
         hint = (
             "create the views (`export-pipeline source views`)"

@@ -247,100 +247,76 @@ def error_kind(exc: BaseException) -> Literal["transient", "permanent"]:
 
 # --- privileges and row-level security -------------------------------------------------------
 
-_TRUE = {"true", "on", "yes", "1"}
+
+def relation_tree(conn: Any, relation: str) -> list[dict[str, Any]]:
+    """``relation`` (``schema.name``) and every relation it reads through views, each with the
+    role that reads it, its privileges and whether row-level security applies to that role
+    (``sql/extract/select_relation_tree.sql``: the system catalogs only, one round trip). Empty
+    when the relation does not exist. Used by the batch's access check and by `source check`."""
+    schema, _, name = relation.rpartition(".")
+    with conn.cursor() as cur:
+        cur.execute(
+            read_sql("extract", "select_relation_tree.sql"), parameters=(schema or "public", name)
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-@dataclass(frozen=True)
-class _Relation:
-    name: str
-    kind: str
-    rls: bool
-    force_rls: bool
-    owner: str
-    checker: str
-    checker_bypasses_rls: bool
-    checker_owns: bool
-    security_invoker: bool
-    checker_can_select: bool
-
-
-def _relation(cur: Any, relation: str, role: str | None) -> _Relation | None:
-    cur.execute(read_sql("extract", "select_relation_access.sql"), parameters=(relation, role))
-    rows = cur.fetchall()
-    if not rows:
-        return None
-    (name, kind, rls, force, owner, checker, bypass, owns, invoker, can_select) = rows[0]
-    return _Relation(
-        name, kind, rls, force, owner, checker, bypass, owns, str(invoker).lower() in _TRUE,
-        can_select,
-    )  # fmt: skip
-
-
-def _rls_applies(rel: _Relation) -> bool:
-    if not rel.rls or rel.checker_bypasses_rls:
-        return False
-    return rel.force_rls or not rel.checker_owns
-
-
-def rls_hides_rows(conn: Any, relation: str) -> str | None:
-    """Why row-level security could hide rows of ``relation`` from this session, or None.
+def rls_problem(tree: Sequence[dict[str, Any]]) -> str | None:
+    """Why row-level security could hide rows of the tree's relation from us, or None.
 
     A table with RLS enabled hides rows from a role that is neither its owner (unless RLS is
     forced) nor superuser nor BYPASSRLS, whether or not policies exist (no policy: every row).
     A view reads its base tables with its owner's rights (unless ``security_invoker``), so a
     view created by the table's owner exposes every row to a role holding SELECT on the view.
     """
-    with conn.cursor() as cur:
-        return _rls_problem(cur, relation, None, depth=0)
-
-
-def _rls_problem(
-    cur: Any, relation: str, role: str | None, depth: int, rel: _Relation | None = None
-) -> str | None:
-    rel = rel or _relation(cur, relation, role)
-    if rel is None or depth > 8:
-        return None
-    if rel.kind in ("r", "p") and _rls_applies(rel):
-        via = (
-            ""
-            if depth == 0
-            else " (read through a view with the rights of role " + (f"{rel.checker})")
-        )
-        return (
-            f"row-level security is enabled on {rel.name} and role {rel.checker}{via} is "
-            f"neither its owner nor BYPASSRLS: rows may be silently hidden. Fix: read "
-            f"through export views created by the owner of the table ({rel.owner}) and "
-            f"GRANT SELECT on them, or ALTER ROLE {rel.checker} BYPASSRLS"
-        )
-    if rel.kind == "v":
-        reader = role if rel.security_invoker else rel.owner
-        cur.execute(read_sql("extract", "select_view_relations.sql"), parameters=(rel.name,))
-        for (base,) in cur.fetchall():
-            problem = _rls_problem(cur, base, reader, depth + 1)
-            if problem:
-                return problem
+    for rel in tree:
+        if rel["relkind"] in ("r", "p") and rel["rls_applies"]:
+            via = (
+                ""
+                if rel["depth"] == 0
+                else f" (read through a view with the rights of role {rel['reader']})"
+            )
+            return (
+                f"row-level security is enabled on {rel['relation']} and role {rel['reader']}"
+                f"{via} is neither its owner nor BYPASSRLS: rows may be silently hidden. Fix: "
+                f"read through export views created by the owner of the table ({rel['owner']}) "
+                f"and GRANT SELECT on them, or ALTER ROLE {rel['reader']} BYPASSRLS"
+            )
     return None
+
+
+def rls_hides_rows(conn: Any, relation: str) -> str | None:
+    """Why row-level security could hide rows of ``relation`` from this session, or None."""
+    return rls_problem(relation_tree(conn, relation))
 
 
 def access_problem(conn: Any, relation: str, columns: Sequence[str]) -> str | None:
     """Why this session cannot read ``columns`` of every row of ``relation``, or None."""
-    with conn.cursor() as cur:
-        rel = _relation(cur, relation, None)
-        if rel is None:
-            return None  # a missing relation is the schema check's to report
-        if not rel.checker_can_select:
+    tree = relation_tree(conn, relation)
+    if not tree:
+        return None  # a missing relation is the schema check's to report
+    top = tree[0]
+    if not top["schema_usage"]:
+        schema = top["relation"].split(".")[0]
+        return (
+            f"role {top['reader']} has no USAGE on schema {schema} (relation "
+            f"{top['relation']}). Fix: GRANT USAGE ON SCHEMA {schema} TO {top['reader']}"
+        )
+    if not top["can_select"]:
+        with conn.cursor() as cur:
             cur.execute(
                 read_sql("extract", "select_unreadable_columns.sql"),
-                parameters=(rel.name, "\x1f".join(columns)),
+                parameters=(top["relation"], "\x1f".join(columns)),
             )
             missing = [c for (c,) in cur.fetchall()]
-            if missing:
-                return (
-                    f"role {rel.checker} has no SELECT privilege on {rel.name} "
-                    f"(columns {', '.join(missing)}). Fix: GRANT SELECT ON {rel.name} "
-                    f"TO {rel.checker}"
-                )
-        return _rls_problem(cur, relation, None, depth=0, rel=rel)
+        if missing:
+            return (
+                f"role {top['reader']} has no SELECT privilege on {top['relation']} "
+                f"(columns {', '.join(missing)}). Fix: GRANT SELECT ON {top['relation']} "
+                f"TO {top['reader']}"
+            )
+    return rls_problem(tree)
 
 
 def check_readable(conn: Any, relation: str, columns: Sequence[str], dataset: str) -> None:

@@ -238,7 +238,7 @@ def test_commands_started_at_once_on_a_new_dagster_home_all_open_the_instance(tm
     home.mkdir()
     opener = (
         "import time, sys\n"
-        "from export_pipeline.cli import dagster_instance\n"
+        "from export_pipeline.launcher import dagster_instance\n"
         "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
         "with dagster_instance() as instance:\n"
         "    print(len(instance.get_runs()))\n"

@@ -294,6 +294,19 @@ def test_without_select_privilege_the_dataset_fails_with_the_grant_to_run(
         assert get_watermark(con, OPERATION_RUNS) is None
 
 
+def test_without_usage_on_the_schema_the_dataset_fails_with_the_grant_to_run(
+    admin: Any, reader: str, tmp_path: Path
+) -> None:
+    """A role that cannot even look into the schema must be told which GRANT USAGE it needs."""
+    role = urlsplit(reader).username
+    admin.execute(sql.SQL("REVOKE USAGE ON SCHEMA ops FROM {}").format(sql.Identifier(role)))
+    settings = _settings(tmp_path)
+    with open_warehouse(settings.warehouse_path) as con:
+        with pytest.raises(SourceAccessError, match=f"GRANT USAGE ON SCHEMA ops TO {role}"):
+            run_dataset_batch(OPERATION_RUNS, source_dsn=reader, con=con, settings=settings)
+        assert get_watermark(con, OPERATION_RUNS) is None
+
+
 def test_views_created_by_the_table_owner_pass_and_invoker_views_over_rls_do_not(
     admin: Any, reader: str
 ) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from export_pipeline.cli import run_microbatch
 from export_pipeline.contract import DATASETS, OPERATION_RUNS
 from export_pipeline.defs.assets import NO_ROWS_DEAD_LETTERED
+from export_pipeline.launcher import run_microbatch
 from export_pipeline.source import create_source_schema, seed_source
 from tests.test_ui import _free_port, _graphql, _wait
 

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from export_pipeline import cli as cli_module
+from export_pipeline.cli import main
+from export_pipeline.commands import status as status_command
 from export_pipeline.contract import DATASETS, OPERATION_EVENTS
 from export_pipeline.source import create_source_schema, seed_source
 from export_pipeline.terminal import ExitCode
@@ -129,8 +130,8 @@ def test_an_unexpected_error_is_one_line_with_the_stack_in_the_log_file(
     monkeypatch.setenv("EXPORT_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("EXPORT_ENV_FILE", str(tmp_path / "no.env"))
     (tmp_path / "warehouse.duckdb").touch()
-    monkeypatch.setattr(cli_module, "dataset_status", boom)
-    assert cli_module.main(["status"]) == ExitCode.INTERNAL_ERROR == 1
+    monkeypatch.setattr(status_command, "dataset_status", boom)
+    assert main(["status"]) == ExitCode.INTERNAL_ERROR == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "boom: an unexpected bug" in err[0]
     assert str(tmp_path / "logs" / "export_pipeline.log") in err[0]

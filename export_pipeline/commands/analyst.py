@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _dataset_version(text: str) -> tuple[str, int]:
-    from export_pipeline.cli import dataset_name
+    from export_pipeline.commands.common import dataset_name
 
     name, sep, number = text.partition("=")
     if not sep or not number.strip().isdigit():
@@ -57,7 +57,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     import duckdb
 
     from export_pipeline import analytics, lake
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
     from export_pipeline.contract import DATASETS
     from export_pipeline.warehouse import open_warehouse
 
@@ -108,7 +108,7 @@ def _plain(value: object) -> object:
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     from export_pipeline.analytics import QueryError, run_query
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
     from export_pipeline.lake import lake_for
 
     try:
@@ -146,7 +146,7 @@ def _table(names: list[str], rows: list[tuple]) -> str:
 
 
 def cmd_contract_docs(args: argparse.Namespace, settings: Settings) -> int:
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
     from export_pipeline.contract_docs import DICTIONARY_PATH, render_dictionary
 
     text = render_dictionary()

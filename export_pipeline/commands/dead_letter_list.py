@@ -61,7 +61,7 @@ def reason(text: str) -> str:
 
 
 def add_arguments(listing: argparse.ArgumentParser) -> None:
-    from export_pipeline.cli import dataset_name
+    from export_pipeline.commands.common import dataset_name
 
     listing.add_argument("--dataset", type=dataset_name, help="a contract dataset name")
     listing.add_argument("--status", choices=["open", "resolved", "exhausted"])
@@ -102,7 +102,7 @@ def _key(record_key: object, org_id: str | None) -> str:
 
 
 def cmd_dead_letter_list(args: argparse.Namespace, settings: Settings) -> int:
-    from export_pipeline.cli import CliError, _json_default
+    from export_pipeline.commands.common import CliError, json_default
     from export_pipeline.dead_letters import LetterFilter, count_letters, list_letters
     from export_pipeline.warehouse import open_warehouse
 
@@ -132,7 +132,7 @@ def cmd_dead_letter_list(args: argparse.Namespace, settings: Settings) -> int:
     if rest > 0:
         footer += f"; {rest:,} not shown: --offset {offset + len(rows)} for more"
     if args.json:
-        print(json.dumps(rows, default=_json_default, indent=2))
+        print(json.dumps(rows, default=json_default, indent=2))
         print(footer, file=sys.stderr)
         return 0
     print(

@@ -9,7 +9,7 @@ from export_pipeline.config import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from export_pipeline.cli import dataset_name
+    from export_pipeline.commands.common import dataset_name
 
     group = sub.add_parser("lake", help="the Delta lake: sync, check, optimize, vacuum, history")
     lake_sub = group.add_subparsers(dest="lake_command", required=True)
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _each(settings: Settings, work) -> int:  # noqa: ANN001
     """Run ``work(con, lake, ds)`` per dataset holding the warehouse's write lock."""
     from export_pipeline import lake
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
     from export_pipeline.contract import DATASETS
     from export_pipeline.warehouse import open_warehouse
 
@@ -74,7 +74,7 @@ def cmd_lake_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_lake_check(args: argparse.Namespace, settings: Settings) -> int:
     from export_pipeline import lake
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
 
     def work(con, target, ds) -> bool:  # noqa: ANN001
         c = lake.check_table(con, target, ds)
@@ -122,7 +122,7 @@ def cmd_lake_vacuum(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_lake_history(args: argparse.Namespace, settings: Settings) -> int:
     from export_pipeline import lake
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
     from export_pipeline.contract import dataset
 
     table = lake.open_table(lake.lake_for(settings), dataset(args.dataset))

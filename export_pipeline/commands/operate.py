@@ -12,16 +12,16 @@ from export_pipeline.contract import dataset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from export_pipeline.cli import _day, dataset_name
+    from export_pipeline.commands.common import dataset_name, utc_day
 
     reconcile = sub.add_parser(
         "reconcile",
         help="compare source and warehouse per UTC day, repair drift; non-zero if checks fail",
     )
     when = reconcile.add_mutually_exclusive_group()
-    when.add_argument("--date", type=_day, help="one UTC day (YYYY-MM-DD)")
-    when.add_argument("--start", type=_day, help="first day of a range (with --end)")
-    reconcile.add_argument("--end", type=_day, help="last day of the range (inclusive)")
+    when.add_argument("--date", type=utc_day, help="one UTC day (YYYY-MM-DD)")
+    when.add_argument("--start", type=utc_day, help="first day of a range (with --end)")
+    reconcile.add_argument("--end", type=utc_day, help="last day of the range (inclusive)")
     when.add_argument(
         "--all",
         action="store_true",
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _days(args: argparse.Namespace) -> tuple[date, date] | None:
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
 
     if args.date:
         return args.date, args.date
@@ -69,13 +69,14 @@ def _days(args: argparse.Namespace) -> tuple[date, date] | None:
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """Exits 2 when a check still fails after repair; ``--json`` prints every result."""
-    from export_pipeline.cli import CliError, _json_default, launch
+    from export_pipeline.commands.common import CliError, json_default
     from export_pipeline.defs.operations import (
         RECONCILE_ALL_TAG,
         RECONCILE_END_TAG,
         RECONCILE_REPAIR_TAG,
         RECONCILE_START_TAG,
     )
+    from export_pipeline.launcher import launch
     from export_pipeline.warehouse import fetch_dicts, open_warehouse
 
     days = _days(args)
@@ -112,7 +113,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     failing_total = sum(not r["passed"] for r in results)
     if args.json:
         print(json.dumps({"run_id": run_id, "success": success and not failing_total,
-                          "results": results}, default=_json_default, indent=2))  # fmt: skip
+                          "results": results}, default=json_default, indent=2))  # fmt: skip
     else:
         _print_reconciliation(results)
     if failing_total or not success:
@@ -174,11 +175,11 @@ def _why(r: dict) -> str:
 
 
 def cmd_dead_letter_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from export_pipeline.cli import CliError, _source_dsn
+    from export_pipeline.commands.common import CliError, source_dsn
     from export_pipeline.dead_letters import letter, retry_dead_letters
     from export_pipeline.warehouse import open_warehouse, run_sql
 
-    dsn = _source_dsn(settings)
+    dsn = source_dsn(settings)
     with open_warehouse(settings.warehouse_path, lock_timeout_seconds=60) as con:
         if args.id:
             found = letter(con, args.id)
@@ -209,7 +210,7 @@ def cmd_dead_letter_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dead_letter_resolve(args: argparse.Namespace, settings: Settings) -> int:
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
     from export_pipeline.dead_letters import resolve
     from export_pipeline.warehouse import open_warehouse
 

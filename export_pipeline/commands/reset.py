@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _data_entries(data_dir: Path) -> list[Path]:
     """The data directory's entries to remove; refuses a directory that is not the pipeline's."""
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
 
     if not data_dir.is_dir():
         return []
@@ -52,7 +52,7 @@ def _check_warehouse_free(settings: Settings) -> None:
     """Fail, naming the file, while a run (or an analyst) holds the warehouse open."""
     import duckdb
 
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
 
     path = settings.warehouse_path
     if not path.exists():
@@ -74,8 +74,8 @@ def _remove(path: Path) -> None:
 
 def _dagster_history() -> tuple[list[str], list]:
     """This code location's run ids and asset keys in the instance."""
-    from export_pipeline.cli import dagster_instance
     from export_pipeline.definitions import defs
+    from export_pipeline.launcher import dagster_instance
 
     jobs = {job.name for job in defs.resolve_all_job_defs()}
     keys = list(defs.resolve_asset_graph().get_all_asset_keys())
@@ -89,7 +89,7 @@ def _dagster_history() -> tuple[list[str], list]:
 
 
 def _wipe_dagster(runs: list[str], keys: list) -> None:
-    from export_pipeline.cli import dagster_instance
+    from export_pipeline.launcher import dagster_instance
 
     with dagster_instance() as instance:
         for run_id in runs:
@@ -122,7 +122,8 @@ def _drop_embedded_source() -> None:
 
 
 def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
-    from export_pipeline.cli import CliError, _ensure_dagster_home
+    from export_pipeline.commands.common import CliError
+    from export_pipeline.launcher import export_dagster_home
     from export_pipeline.source import default_data_dir
 
     entries = _data_entries(settings.data_dir)
@@ -132,7 +133,7 @@ def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
     verb = "removing" if args.yes else "would remove"
     print(f"{verb}:")
     print(f"  data dir {settings.data_dir}: {', '.join(p.name for p in entries) or 'empty'}")
-    print(f"  Dagster history ({_ensure_dagster_home()}): {len(runs)} run(s), {len(keys)} asset(s)")
+    print(f"  Dagster history ({export_dagster_home()}): {len(runs)} run(s), {len(keys)} asset(s)")
     if settings.source_dsn:
         print("  source: EXPORT_SOURCE_DSN is set; its database is never touched")
     elif schemas:

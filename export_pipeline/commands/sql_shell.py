@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _catalog(settings: Settings) -> Path:
     from export_pipeline import analytics
-    from export_pipeline.cli import CliError
+    from export_pipeline.commands.common import CliError
 
     path = analytics.analytics_path(settings.data_dir)
     if not path.exists():
