@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: demo test test-reliability ui lint format env clean bench sql typecheck
+.PHONY: demo test test-reliability ui defs lint format env clean bench sql typecheck
 
 # uv itself: use the one on PATH, else bootstrap it with pip into .tools (no system install).
 .tools/bin/uv:
@@ -32,13 +32,28 @@ test: env
 test-reliability: env
 	$(VENV)/bin/python -m pytest -q -m reliability
 
-# DAGSTER_HOME and every setting as the CLI reads them (config.py: the project's .env under the
-# environment; a relative DAGSTER_HOME is under the project root). `dagster dev` starts in
-# DAGSTER_HOME, not here: in a directory holding a .env it loads that file over the environment.
+# The Dagster UI (webserver and daemon): `dg dev -w`, i.e. `dagster dev -w`, which Dagster 1.13
+# calls superseded by `dg dev`. DAGSTER_HOME and every setting as the CLI reads them (config.py:
+# the project's .env under the environment; a relative DAGSTER_HOME is under the project root),
+# the home given the project's instance settings (dagster.yaml; a warning names those its own
+# file lacks). It starts in DAGSTER_HOME, not here: in a directory holding a .env, Dagster loads
+# that file over the environment (and `dg dev` without -w would start here). Options through
+# UI_ARGS, e.g. `make ui UI_ARGS="-p 3001"`.
+UI_ARGS ?=
+DAGSTER_HOME_OF_PROJECT = $(VENV)/bin/python -c \
+	'from export_pipeline.config import ensure_dagster_home; print(ensure_dagster_home())'
+
 ui: env
-	home="$$($(VENV)/bin/python -c \
-		'from export_pipeline.config import ensure_dagster_home; print(ensure_dagster_home())')" && \
-	cd "$$home" && DAGSTER_HOME="$$home" $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml
+	home="$$($(DAGSTER_HOME_OF_PROJECT))" && cd "$$home" && \
+	DAGSTER_HOME="$$home" $(CURDIR)/$(VENV)/bin/dg dev -w $(CURDIR)/workspace.yaml $(UI_ARGS)
+
+# Dagster's project CLI on this project ([tool.dg] in pyproject.toml): check that the definitions
+# load, then list them. With the project's DAGSTER_HOME, so that `dg` records no telemetry, and
+# from there, as `make ui`, so that the settings are read as the CLI reads them.
+defs: env
+	home="$$($(DAGSTER_HOME_OF_PROJECT))" && cd "$$home" && export DAGSTER_HOME="$$home" && \
+	$(CURDIR)/$(VENV)/bin/dg check defs --target-path $(CURDIR) && \
+	$(CURDIR)/$(VENV)/bin/dg list defs --target-path $(CURDIR)
 
 # The analysts' SQL shell on analytics.duckdb, with the project's DuckDB (docs/queries.md).
 sql: env

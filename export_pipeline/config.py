@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -179,24 +181,118 @@ def dagster_home(env: Mapping[str, str] | None = None) -> Path:
     return project_path(env.get("DAGSTER_HOME"), "dagster_home")
 
 
+#: The project's Dagster instance settings (no telemetry, no first-visit dialog, one run at a
+#: time), in `dagster.yaml`'s form: what every DAGSTER_HOME should get.
+INSTANCE_SETTINGS_FILE = PROJECT_ROOT / "dagster.yaml"
+
+#: DAGSTER_HOMEs already warned about, so a command warns once.
+_warned_homes: set[Path] = set()
+
+
+def instance_settings() -> dict[str, Any]:
+    """The project's instance settings as dotted names: ``{"telemetry.enabled": False, ...}``
+    (none when the project's file is absent: not run from a checkout)."""
+    import yaml
+
+    if not INSTANCE_SETTINGS_FILE.is_file():
+        return {}
+    return _flatten(yaml.safe_load(INSTANCE_SETTINGS_FILE.read_text(encoding="utf-8")) or {})
+
+
+def missing_instance_settings(config: Mapping[str, Any]) -> list[str]:
+    """The project's instance settings a `dagster.yaml`'s content (parsed) does not give, as
+    ``name: value`` (``name: value (yours: other)`` when it sets another value).
+
+    The run queue's limit may also be set as Dagster's ``concurrency.runs`` or, the older way, in
+    a ``QueuedRunCoordinator``'s ``run_coordinator.config``."""
+    given = _flatten(config)
+    for alias in ("concurrency.runs.", "run_coordinator.config."):
+        for name, value in list(given.items()):
+            if name.startswith(alias):
+                given.setdefault("run_queue." + name.removeprefix(alias), value)
+    missing = []
+    for name, wanted in instance_settings().items():
+        shown = f"{name}: {_yaml_scalar(wanted)}"
+        if name not in given:
+            missing.append(shown)
+        elif given[name] != wanted:
+            missing.append(f"{shown} (yours: {_yaml_scalar(given[name])})")
+    return missing
+
+
 def ensure_dagster_home(env: Mapping[str, str] | None = None) -> Path:
-    """:func:`dagster_home`, created; one without a ``dagster.yaml`` gets the project's settings
-    (one run at a time, no telemetry), so every instance behaves the same."""
+    """:func:`dagster_home`, created, with the project's instance settings (one run at a time, no
+    telemetry, no newsletter dialog), so every instance behaves the same.
+
+    A DAGSTER_HOME without a ``dagster.yaml`` gets a copy of the project's (``dagster.yaml`` at
+    the project root). One with its own is never changed: when it lacks a setting, one warning on
+    stderr names what is missing and where to copy it from."""
     home = dagster_home(env)
     home.mkdir(parents=True, exist_ok=True)
-    template = PROJECT_ROOT / "dagster_home" / "dagster.yaml"
-    if not (home / "dagster.yaml").exists() and template.is_file():
-        import yaml
-
-        settings = yaml.safe_load(template.read_text(encoding="utf-8"))
-        # Storage stays Dagster's default (sqlite under this DAGSTER_HOME, as the template's):
-        # the template names it through $DAGSTER_HOME, which not every reader of it sets.
-        settings.pop("storage", None)
-        (home / "dagster.yaml").write_text(
-            f"# Written from {template} for this DAGSTER_HOME.\n" + yaml.safe_dump(settings),
-            encoding="utf-8",
-        )
+    target = home / "dagster.yaml"
+    if not INSTANCE_SETTINGS_FILE.is_file():  # not run from a checkout of the project
+        return home
+    if not target.exists():
+        copied = f"# Copied from {INSTANCE_SETTINGS_FILE} for this DAGSTER_HOME.\n"
+        _write_new(target, copied.encode() + INSTANCE_SETTINGS_FILE.read_bytes())
+    elif home not in _warned_homes and not _same_file(target, INSTANCE_SETTINGS_FILE):
+        warning = instance_settings_warning(target)
+        if warning:
+            _warned_homes.add(home)
+            print(warning, file=sys.stderr)
     return home
+
+
+def instance_settings_warning(config_file: Path) -> str | None:
+    """One line naming the project's instance settings ``config_file`` lacks; None if none."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        return f"warning: cannot read {config_file} ({type(exc).__name__}); Dagster will say why"
+    missing = missing_instance_settings(config if isinstance(config, dict) else {})
+    if not missing:
+        return None
+    listed = "; ".join(missing)
+    return (
+        f"warning: {config_file} lacks instance settings of this project: {listed}. "
+        f"It is used as it is (never overwritten); add them from {INSTANCE_SETTINGS_FILE}"
+    )
+
+
+def _write_new(path: Path, content: bytes) -> None:
+    """``path`` with ``content``, complete or not at all, unless it already exists (two commands
+    starting at once on a new DAGSTER_HOME, or a file the user just wrote: never overwritten)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(content)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _yaml_scalar(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _microbatch_minutes(env: Mapping[str, str]) -> int:

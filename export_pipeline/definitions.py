@@ -1,33 +1,18 @@
-"""The Dagster code location: every ``defs`` object found in ``export_pipeline/defs/*.py``.
+"""The Dagster code location: every module of ``export_pipeline/defs/``, as Dagster's ``dg``
+projects load it (``[tool.dg]`` in ``pyproject.toml``; ``dg list defs`` shows what it holds).
 
-Each module under ``defs/`` declares its own ``defs = dg.Definitions(...)`` (assets, checks, jobs,
-schedules); they are merged here, as in Dagster's ``dg`` projects.
+Each module under ``defs/`` declares its own ``defs`` (assets, checks, jobs, schedules; the
+``export`` resource in ``defs/resources.py``); :func:`dagster.load_from_defs_folder` finds and
+merges them. Adding a module there adds its definitions: nothing to register here.
 """
 
-import importlib
-import pkgutil
+from pathlib import Path
 
 import dagster as dg
 
-from export_pipeline import defs as defs_package
-from export_pipeline.defs.resources import ExportResource
-
-
-def _module_defs() -> list[dg.Definitions]:
-    found = []
-    for info in sorted(pkgutil.iter_modules(defs_package.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{defs_package.__name__}.{info.name}")
-        if isinstance(getattr(module, "defs", None), dg.Definitions):
-            found.append(module.defs)
-    return found
-
-
 defs = dg.Definitions.merge(
-    *_module_defs(),
-    dg.Definitions(
-        resources={"export": ExportResource()},
-        # Every job, including the UI's ad-hoc "Materialize", runs its steps in one process, one
-        # after the other: DuckDB admits a single writer process per file.
-        executor=dg.in_process_executor,
-    ),
+    dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+    # Every job, including the UI's ad-hoc "Materialize", runs its steps in one process, one
+    # after the other: DuckDB admits a single writer process per file.
+    dg.Definitions(executor=dg.in_process_executor),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,7 +15,15 @@ def built_when_looked_up(
 ) -> Callable[[str], object]:
     """A module ``__getattr__`` (PEP 562): ``defs`` and the named schedules are built from the
     settings when first looked up, so importing the module (for its tags, say) reads no setting.
-    ``schedule_names`` are in the order ``build_schedules`` returns them."""
+    ``schedule_names`` are in the order ``build_schedules`` returns them.
+
+    Called at the end of the module's body (``__getattr__ = built_when_looked_up(__name__, ...)``),
+    it also gives the module a ``__dir__`` that lists these names: ``dir()`` is how
+    :func:`dagster.load_from_defs_folder` finds a module's ``defs``, so they are built when the
+    code location loads (``dg``, ``dagster dev``, a run), never when the module is imported."""
+    lazy = ("defs", *schedule_names)
+    namespace = vars(sys.modules[module])
+    namespace["__dir__"] = lambda: sorted({*namespace, *lazy})
 
     def __getattr__(name: str) -> object:
         if name == "defs":

@@ -1,4 +1,11 @@
-"""The Dagster resource that hands the plain pipeline its settings, source and warehouse."""
+"""The Dagster resource that hands the plain pipeline its settings, source and warehouse.
+
+Configured from the environment: :meth:`Settings.from_env` (the project's `.env` under the process
+environment; every variable is in `.env.example` and the README), read once when a run's
+resources are set up, so one run sees one set of settings and nothing is read at import or when
+the code location loads. Not ``dg.EnvVar`` fields: those read only the process environment, and
+the CLI, `make ui` and every run must read settings the same way (``config.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +14,38 @@ from contextlib import contextmanager
 
 import dagster as dg
 import duckdb
+from pydantic import PrivateAttr
 
-from export_pipeline.config import Settings
+from export_pipeline.config import INSTANCE_SETTINGS_FILE, Settings, missing_instance_settings
 from export_pipeline.defs.liveness import tag_worker
 from export_pipeline.warehouse import open_warehouse
 
 
 class ExportResource(dg.ConfigurableResource):
-    """Settings read from the environment when the run starts (never at import time)."""
+    """The pipeline's settings (every ``EXPORT_*`` variable: the project's `.env` under the
+    environment), read when a run starts, never at import; its source and its warehouse."""
+
+    _settings: Settings | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Tag the run with this process, so a run killed mid-way can be told from a live one."""
+        """Read the settings for this run, and tag the run with this process, so a run killed
+        mid-way can be told from a live one."""
+        self._settings = Settings.from_env()
         tag_worker(context.instance, context.dagster_run)
+        instance = context.instance
+        if instance is not None and not instance.is_ephemeral and context.log is not None:
+            # `dagster dev` started by hand on any DAGSTER_HOME gets here without the CLI's
+            # check (config.ensure_dagster_home): the run's log in the UI says what is missing.
+            missing = missing_instance_settings(instance_config(instance))
+            if missing:
+                context.log.warning(
+                    f"this Dagster instance ({instance.root_directory}) lacks instance "
+                    f"settings of this project: {'; '.join(missing)} (see {INSTANCE_SETTINGS_FILE})"
+                )
 
     def settings(self) -> Settings:
-        return Settings.from_env()
+        """The run's settings (read when its resources were set up; outside a run, now)."""
+        return self._settings if self._settings is not None else Settings.from_env()
 
     def source_dsn(self) -> str:
         settings = self.settings()
@@ -40,3 +64,17 @@ class ExportResource(dg.ConfigurableResource):
             memory_limit=settings.duckdb_memory_limit,
         ) as con:
             yield con
+
+
+def instance_config(instance: dg.DagsterInstance) -> dict:
+    """The settings ``config.missing_instance_settings`` checks, as ``instance`` applies them
+    (Dagster's defaults included), in `dagster.yaml`'s form."""
+    queue = instance.get_concurrency_config().run_queue_config
+    return {
+        "telemetry": {"enabled": instance.telemetry_enabled},
+        "nux": {"enabled": instance.nux_enabled},
+        "run_queue": {"max_concurrent_runs": queue.max_concurrent_runs} if queue else {},
+    }
+
+
+defs = dg.Definitions(resources={"export": ExportResource()})
