@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import duckdb
 import pytest
 from rows import SourceRows
@@ -120,3 +121,21 @@ def pipe(source_dsn: str, tmp_path: Path) -> Iterator[Pipeline]:
             yield Pipeline(src, con, settings)
     finally:
         src.close()
+
+
+@pytest.fixture
+def dagster_env(pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Dagster instance whose runs see the test's source and warehouse (connection closed)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    for key, value in {
+        "EXPORT_SOURCE_DSN": pipe.src.dsn,
+        "EXPORT_DATA_DIR": str(pipe.settings.data_dir),
+        "EXPORT_SAFETY_LAG_SECONDS": "0",
+        "DAGSTER_HOME": str(home),
+    }.items():
+        monkeypatch.setenv(key, value)
+    pipe.con.close()
+    with dg.instance_for_test() as instance:
+        yield instance
+    pipe.con = duckdb.connect(str(pipe.settings.warehouse_path))

@@ -6,13 +6,11 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
 from conftest import Pipeline
 from dagster._core.instance.ref import InstanceRef
 from rows import new_id
@@ -159,24 +157,6 @@ def test_cli_backfill_is_one_dagster_run_for_the_whole_range(pipe: Pipeline, tmp
 
 
 # --- export_backfill_job: the range comes from its own run tags --------------------------------
-
-
-@pytest.fixture
-def dagster_env(pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    """A Dagster instance whose runs see the test's source and warehouse (connection closed)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    for key, value in {
-        "EXPORT_SOURCE_DSN": pipe.src.dsn,
-        "EXPORT_DATA_DIR": str(pipe.settings.data_dir),
-        "EXPORT_SAFETY_LAG_SECONDS": "0",
-        "DAGSTER_HOME": str(home),
-    }.items():
-        monkeypatch.setenv(key, value)
-    pipe.con.close()
-    with dg.instance_for_test() as instance:
-        yield instance
-    pipe.con = duckdb.connect(str(pipe.settings.warehouse_path))
 
 
 def _backfill_job(instance: dg.DagsterInstance, tags: dict[str, str], *datasets) -> object:

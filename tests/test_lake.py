@@ -381,23 +381,6 @@ def test_lake_maintenance_command_and_job_run_outside_the_micro_batch(
     pipe.con = duckdb.connect(str(pipe.settings.warehouse_path))
 
 
-@pytest.fixture
-def dagster_env(pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    for key, value in {
-        "EXPORT_SOURCE_DSN": pipe.src.dsn,
-        "EXPORT_DATA_DIR": str(pipe.settings.data_dir),
-        "EXPORT_SAFETY_LAG_SECONDS": "0",
-        "DAGSTER_HOME": str(home),
-    }.items():
-        monkeypatch.setenv(key, value)
-    pipe.con.close()
-    with dg.instance_for_test() as instance:
-        yield instance
-    pipe.con = duckdb.connect(str(pipe.settings.warehouse_path))
-
-
 def _lake_rows(settings: Settings, ds: Dataset) -> int:
     return lake.open_table(lake.lake_for(settings), ds).count()
 

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,6 +62,34 @@ def _wait(predicate, timeout: float, what: str):
             return value
         time.sleep(1)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+@contextmanager
+def webserver_on(env: dict[str, str]) -> Iterator[int]:
+    """`dagster-webserver` over workspace.yaml on a free port, with ``env`` added, once it has
+    loaded the code location; killed with its whole process group. Yields the port."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            *("-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)),
+        ],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait(
+            lambda: _graphql(port, "{ assetNodes { id } }")["assetNodes"],
+            timeout=180,
+            what="the Dagster webserver to load the code location",
+        )
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -3,11 +3,7 @@ after a demo-sized export is what the warehouse holds, screenshots included."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +18,7 @@ from export_pipeline.defs.assets import (
 )
 from export_pipeline.launcher import run_microbatch
 from export_pipeline.source import create_source_schema, seed_source
-from tests.test_ui import _free_port, _graphql, _wait
+from tests.test_ui import webserver_on
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -61,26 +57,8 @@ def webserver(
         assert ok
         run_ids.append(run_id)
 
-    port = _free_port()
-    webserver_bin = Path(sys.executable).parent / "dagster-webserver"
-    process = subprocess.Popen(
-        [str(webserver_bin), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        _wait(
-            lambda: _graphql(port, "{ assetNodes { id } }")["assetNodes"],
-            timeout=180,
-            what="the Dagster webserver to load the code location",
-        )
+    with webserver_on(env) as port:
         yield port, run_ids
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 def test_browser_shows_lineage_an_assets_plots_and_its_failing_dead_letter_check(

@@ -9,11 +9,7 @@ decide where a run is shown.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +20,7 @@ from typing import Any
 import pytest
 
 from export_pipeline.source import create_source_schema, seed_source
-from tests.test_ui import _free_port, _graphql, _wait
+from tests.test_ui import _graphql, webserver_on
 
 REPO = Path(__file__).resolve().parent.parent
 LOCATION = "export_pipeline.definitions"
@@ -148,30 +144,14 @@ def ui(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]
         ok, cli_run_id, _ledger = run_microbatch()
         assert ok
 
-        port = _free_port()
-        webserver_bin = Path(sys.executable).parent / "dagster-webserver"
-        process = subprocess.Popen(
-            [str(webserver_bin), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
         try:
-            _wait(
-                lambda: _graphql(port, "{ assetNodes { id } }")["assetNodes"],
-                timeout=180,
-                what="the Dagster webserver to load the code location",
-            )
-            selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
-            params = {"selector": {**selector, "jobName": JOB}, "runConfigData": {}}
-            launched = _graphql(port, LAUNCH_RUN, {"params": params})["launchRun"]
-            assert launched["__typename"] == "LaunchRunSuccess", launched
-            yield Ui(port, cli_run_id, launched["run"]["runId"], started)
+            with webserver_on(env) as port:
+                selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+                params = {"selector": {**selector, "jobName": JOB}, "runConfigData": {}}
+                launched = _graphql(port, LAUNCH_RUN, {"params": params})["launchRun"]
+                assert launched["__typename"] == "LaunchRunSuccess", launched
+                yield Ui(port, cli_run_id, launched["run"]["runId"], started)
         finally:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
             with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
