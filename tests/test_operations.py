@@ -560,6 +560,9 @@ def test_overlapping_writer_waits_for_the_lock_or_gives_up_naming_the_file(
 # --- status and the lag SLA ------------------------------------------------------------------
 
 
+COMPANY = "dx_company_entities_v1"
+
+
 def test_status_exits_3_when_dead_letters_are_exhausted_or_the_lag_sla_is_breached(
     source: SourceRows, tmp_path: Path
 ) -> None:
@@ -606,6 +609,15 @@ def test_status_exits_3_when_dead_letters_are_exhausted_or_the_lag_sla_is_breach
     text = cli("status", env=env | {"EXPORT_LAG_SLA_MINUTES": "1"})
     assert text.returncode == 3
     assert "BREACHED" in text.stdout
+    # The table shows the figure the verdict judges (behind the source), and says why.
+    header, runs_line = text.stdout.splitlines()[1], text.stdout.splitlines()[2]
+    assert "behind s" in header and "age s" in header
+    assert runs_line.split()[0] == OPERATION_RUNS.name and "BREACHED" in runs_line
+    reason = text.stdout.splitlines()[3]
+    assert reason.strip().startswith("SLA breached: the warehouse is ")
+    assert "s behind the source's newest row" in reason
+    quiet = [line for line in text.stdout.splitlines() if line.startswith(f"  {COMPANY}")]
+    assert quiet and "BREACHED" not in quiet[0]  # an old newest row of a quiet source is ok
 
 
 def test_lag_sla_is_breached_by_a_stopped_pipeline_even_when_the_source_is_quiet() -> None:

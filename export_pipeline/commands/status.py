@@ -100,6 +100,7 @@ def _dataset_line(ds: Dataset, con: Any, src: Any, settings: Settings) -> dict:
         "exhausted_dead_letters": health["exhausted_dead_letters"],
         "lag_seconds": None,
         "source_relative_lag_seconds": None,
+        "seconds_since_last_successful_batch": None,
         "sla_seconds": settings.lag_sla_seconds,
         "sla_breached": True,
         "error": ledger_error,
@@ -127,6 +128,7 @@ def _dataset_line(ds: Dataset, con: Any, src: Any, settings: Settings) -> dict:
         return line
     line["lag_seconds"] = lag.details["lag_seconds"]
     line["source_relative_lag_seconds"] = lag.details["source_relative_lag_seconds"]
+    line["seconds_since_last_successful_batch"] = lag.details["seconds_since_last_successful_batch"]
     line["sla_breached"] = not lag.passed
     return line
 
@@ -140,29 +142,39 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, default=json_default, indent=2))
     else:
-        print(f"warehouse: {settings.warehouse_path}   lag SLA: {settings.lag_sla_seconds:g}s")
+        sla_s = f"{settings.lag_sla_seconds:g}s"
+        print(f"warehouse: {settings.warehouse_path}   lag SLA: {sla_s}")
         print(
             f"  {'dataset':<24} {'rows':>10} {'watermark':<26} {'last batch':<10} "
-            f"{'lag s':>8} {'SLA':<8} {'open DL':>7} {'exhausted':>9}"
+            f"{'behind s':>8} {'age s':>8} {'SLA':<8} {'open DL':>7} {'exhausted':>9}"
         )
         for r in rows:
             watermark = r["watermark"].isoformat(timespec="seconds") if r["watermark"] else "-"
             rows_text = f"{r['rows']:>10,}" if r["rows"] is not None else f"{'-':>10}"
-            lag = f"{r['lag_seconds']:.0f}" if r["lag_seconds"] is not None else "-"
+            age = f"{r['lag_seconds']:.0f}" if r["lag_seconds"] is not None else "-"
+            behind_s = r["source_relative_lag_seconds"]
+            behind = f"{max(behind_s, 0):.0f}" if behind_s is not None else "-"
             sla = "ERROR" if r["error"] else "BREACHED" if r["sla_breached"] else "ok"
             print(
                 f"  {r['dataset']:<24} {rows_text} {watermark:<26} "
-                f"{r['last_batch_status'] or '-':<10} {lag:>8} "
+                f"{r['last_batch_status'] or '-':<10} {behind:>8} {age:>8} "
                 f"{sla:<8} {r['open_dead_letters']:>7,} "
                 f"{r['exhausted_dead_letters']:>9,}"
             )
             if r["error"]:
                 print(f"    error: {r['error']}")
+            elif r["sla_breached"]:
+                print(f"    SLA breached: {_breach_reason(r, settings.lag_sla_seconds)}")
             if r["last_batch_status"] == "failed" and r["last_batch_error"]:
                 since = r["failing_since"].isoformat(timespec="seconds")
                 good = r["last_success_at"]
                 good = good.isoformat(timespec="seconds") if good else "never"
                 print(f"    failing since {since} (last success {good}): {r['last_batch_error']}")
+        print(
+            f"  SLA: ok while the warehouse is within {sla_s} of the source's newest row "
+            f"(behind s) and a batch succeeded within {sla_s}; age s is how old the newest "
+            "exported row is (a quiet source ages without breaching)"
+        )
         if rows and rows[0]["window_held_back"]:
             print(f"window held back: {rows[0]['window_held_back']}")
         if rows and rows[0]["window_blind_spot"]:
@@ -186,3 +198,19 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if not args.json:
         print(f"ok: {len(rows)} datasets within the lag SLA, no dead letters exhausted")
     return terminal.ExitCode.OK
+
+
+def _breach_reason(row: dict, sla: float) -> str:
+    """Which half of the SLA a dataset's line breaches, in seconds."""
+    behind = row["source_relative_lag_seconds"]
+    since = row["seconds_since_last_successful_batch"]
+    reasons = []
+    if behind is None and row["rows"] == 0:
+        reasons.append("nothing exported yet while the source has rows")
+    elif behind is not None and behind > sla:
+        reasons.append(f"the warehouse is {behind:.0f}s behind the source's newest row")
+    if since is None:
+        reasons.append("no batch has succeeded yet")
+    elif since > sla:
+        reasons.append(f"the last successful batch was {since:.0f}s ago")
+    return "; ".join(reasons) or "see `status --json`"
