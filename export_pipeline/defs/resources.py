@@ -31,6 +31,8 @@ class ExportResource(dg.ConfigurableResource):
         """Read the settings for this run, and tag the run with this process, so a run killed
         mid-way can be told from a live one."""
         self._settings = Settings.from_env()
+        if context.dagster_run is not None:
+            _check_backfill_window(context.dagster_run.tags)
         tag_worker(context.instance, context.dagster_run)
         instance = context.instance
         if instance is not None and not instance.is_ephemeral and context.log is not None:
@@ -64,6 +66,18 @@ class ExportResource(dg.ConfigurableResource):
             memory_limit=settings.duckdb_memory_limit,
         ) as con:
             yield con
+
+
+def _check_backfill_window(tags: dict[str, str]) -> None:
+    """A backfill run whose tags name no valid range fails here, once for the run, before any
+    step starts (the steps check again: a run of another executor sets resources up per step)."""
+    from export_pipeline.defs.assets import BackfillWindowError, backfill_window, is_backfill
+
+    if is_backfill(tags):
+        try:
+            backfill_window(tags)
+        except BackfillWindowError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
 def instance_config(instance: dg.DagsterInstance) -> dict:
