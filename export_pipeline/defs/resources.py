@@ -9,7 +9,7 @@ the CLI, `make ui` and every run must read settings the same way (``config.py``)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import dagster as dg
@@ -68,7 +68,7 @@ class ExportResource(dg.ConfigurableResource):
             yield con
 
 
-def _check_backfill_window(tags: dict[str, str]) -> None:
+def _check_backfill_window(tags: Mapping[str, str]) -> None:
     """A backfill run whose tags name no valid range fails here, once for the run, before any
     step starts (the steps check again: a run of another executor sets resources up per step)."""
     from export_pipeline.defs.assets import BackfillWindowError, backfill_window, is_backfill
