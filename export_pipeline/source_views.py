@@ -1,7 +1,8 @@
 """Contract views for a producer's database, shipped per source profile.
 
 A profile is a folder ``sql/source_profiles/<profile>/`` holding ``create_schema.sql``, one
-``create_view_<dataset>.sql`` per contract dataset and ``grant_select.sql``. A producer's DBA
+``create_view_<dataset>.sql`` per contract dataset (``run_entity_id.sql``: a rule two of them share,
+substituted as ``{run_entity_id}``) and ``grant_select.sql``. A producer's DBA
 prints them (``export-pipeline source views --profile data-engine-x``), reads them, and runs
 them as the owner of the producer's tables; the pipeline then reads the views
 (``EXPORT_SOURCE_SCHEMA``). The pipeline itself never runs them: the source is someone else's.
@@ -45,7 +46,10 @@ def _template(profile: str, name: str) -> str:
 def view_statements(profile: str, schema: str = DEFAULT_SCHEMA) -> list[str]:
     """``CREATE SCHEMA`` and one ``CREATE OR REPLACE VIEW`` per dataset, in contract order."""
     names = ["create_schema.sql", *(f"create_view_{ds.name}.sql" for ds in DATASETS)]
-    return [_template(profile, name).format(schema=quote_ident(schema)) for name in names]
+    fragments = {"run_entity_id": _template(profile, "run_entity_id.sql").format()}
+    return [
+        _template(profile, name).format(schema=quote_ident(schema), **fragments) for name in names
+    ]
 
 
 def grant_statements(profile: str, schema: str = DEFAULT_SCHEMA, role: str = DEFAULT_ROLE) -> str:

@@ -23,14 +23,7 @@ SELECT
     r.org_id,
     r.company_id,
     r.entity_type,
-    CASE
-        WHEN r.output_payload ->> 'entity_id'
-            ~* '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$'
-            THEN (r.output_payload ->> 'entity_id')::uuid
-        WHEN r.input_payload ->> 'entity_id'
-            ~* '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$'
-            THEN (r.input_payload ->> 'entity_id')::uuid
-    END AS entity_id,
+    {run_entity_id} AS entity_id,
     a.provider,
     a.http_status,
     NULL::text AS raw_request_ref,

@@ -12,14 +12,7 @@ SELECT
     r.operation_id,
     r.operation_id AS action_id,
     r.entity_type,
-    CASE
-        WHEN r.output_payload ->> 'entity_id'
-            ~* '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$'
-            THEN (r.output_payload ->> 'entity_id')::uuid
-        WHEN r.input_payload ->> 'entity_id'
-            ~* '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$'
-            THEN (r.input_payload ->> 'entity_id')::uuid
-    END AS entity_id,
+    {run_entity_id} AS entity_id,
     r.org_id,
     r.company_id,
     coalesce(att.found_provider, att.only_provider) AS source_provider,
