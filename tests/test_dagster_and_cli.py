@@ -7,17 +7,22 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import psycopg
 import pytest
+from cli_process import run_cli
 
 from export_pipeline import extract
 from export_pipeline.contract import DATASETS
 from export_pipeline.defs.assets import BATCH_FITS_CONTRACT, NO_ROWS_DEAD_LETTERED
 from export_pipeline.source import create_source_schema, seed_source
+
+_cli = partial(run_cli, entry="python_m")
+
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -172,17 +177,6 @@ def test_schema_mismatch_fails_only_its_dataset_through_dagster(export_env, seed
     )
     assert not evaluation.passed
     assert "phone_e164" in evaluation.metadata["error"].value
-
-
-def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "export_pipeline.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
 
 
 def test_cli_run_twice_is_a_noop_and_status_reports_each_dataset(export_env):

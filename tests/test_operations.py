@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ import dagster as dg
 import duckdb
 import psycopg
 import pytest
+from cli_process import ENTRY_POINTS, run_cli
 from conftest import Pipeline
 from psycopg import sql
 from rows import SourceRows, ago, decoded
@@ -53,6 +55,8 @@ from export_pipeline.warehouse import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+
+cli = partial(run_cli, entry="python_m", timeout=120)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -83,24 +87,6 @@ def allow_connections(pg_server: Any, database: str, allowed: bool) -> None:
                 sql.Identifier(database), sql.SQL("true" if allowed else "false")
             )
         )
-
-
-#: Two ways to start the CLI: the installed console script and ``python -m``.
-ENTRY_POINTS = {
-    "console_script": [str(Path(sys.executable).parent / "export-pipeline")],
-    "python_m": [sys.executable, "-m", "export_pipeline.cli"],
-}
-
-
-def cli(*args: str, env: dict[str, str], entry: str = "python_m") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*ENTRY_POINTS[entry], *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 @pytest.fixture

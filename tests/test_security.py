@@ -18,11 +18,11 @@ import secrets
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ import polars as pl
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from cli_process import run_cli
 from conftest import Pipeline
 from dagster._core.instance.ref import InstanceRef
 from hypothesis import given, settings
@@ -68,23 +69,14 @@ from export_pipeline.source import create_source_schema
 from export_pipeline.validate import validate_batch
 from export_pipeline.warehouse import fetch_dicts, open_warehouse, run_sql
 
+cli = partial(run_cli, entry="python_m")
+
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "export_pipeline"
 
 
 # --- the CLI, as a user runs it -------------------------------------------------------------
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m export_pipeline.cli ARGS`` in a fresh process with ``env`` added."""
-    return subprocess.run(
-        [sys.executable, "-m", "export_pipeline.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-    )
 
 
 def cli_env(dsn: str, tmp_path: Path, **extra: str) -> dict[str, str]:

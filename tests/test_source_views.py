@@ -4,18 +4,17 @@ data-engine-x views, and a first export through them with a role that can read n
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import psycopg
 import pytest
+from cli_process import run_cli
 from data_engine_x import SAMPLE_EXPECTED, real_source, write_sample
 
 from export_pipeline import extract
@@ -28,18 +27,10 @@ from export_pipeline.contract import (
 from export_pipeline.relations import source_dataset, source_relation
 from export_pipeline.source_views import view_script
 
+_cli = partial(run_cli, entry="python_m")
+
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "export_pipeline.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
 
 
 # --- the mapping ------------------------------------------------------------------------------

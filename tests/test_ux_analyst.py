@@ -11,23 +11,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from cli_process import run_cli as cli
 
 from export_pipeline.source import create_source_schema, seed_source
 
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = REPO / "docs" / "queries.md"
-
-
-def cli(*args: str, env: dict, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "export-pipeline"), *args],
-        env={**os.environ, **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")

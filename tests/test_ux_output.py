@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from cli_process import run_cli as cli
 
 from export_pipeline.cli import main
 from export_pipeline.commands import status as status_command
@@ -21,17 +19,6 @@ from export_pipeline.source import create_source_schema, seed_source
 from export_pipeline.terminal import ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "export-pipeline"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
 
 
 @pytest.fixture

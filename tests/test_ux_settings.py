@@ -15,24 +15,13 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
+from cli_process import run_cli as cli
 
 from export_pipeline import source
 from export_pipeline.config import PROJECT_ROOT, Settings, dagster_home, read_env_file
 from export_pipeline.source import create_source_schema, seed_source
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    """The installed console script, as a user runs it, from ``cwd``."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "export-pipeline"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
 
 
 # --- one way to read settings ------------------------------------------------------------------
