@@ -12,6 +12,7 @@ import re
 import sys
 from datetime import UTC, date, datetime, timedelta
 
+from export_pipeline import terminal
 from export_pipeline.config import Settings
 
 DEFAULT_LIMIT = 50
@@ -36,16 +37,6 @@ def since_time(text: str, now: datetime | None = None) -> datetime:
                 f"{text!r} is not a time: use 2026-12-01, 2026-12-01T08:00, or 30m, 12h, 7d, 2w"
             ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
 
 
 def reason(text: str) -> str:
@@ -76,13 +67,17 @@ def add_arguments(listing: argparse.ArgumentParser) -> None:
     )
     listing.add_argument(
         "--limit",
-        type=_non_negative,
+        type=terminal.non_negative_int,
         default=DEFAULT_LIMIT,
         help=f"letters per page (default {DEFAULT_LIMIT}; 0 = all)",
     )
     page = listing.add_mutually_exclusive_group()
-    page.add_argument("--offset", type=_non_negative, default=0, help="skip this many letters")
-    page.add_argument("--page", type=_non_negative, help="page number, from 1 (--limit per page)")
+    page.add_argument(
+        "--offset", type=terminal.non_negative_int, default=0, help="skip this many letters"
+    )
+    page.add_argument(
+        "--page", type=terminal.non_negative_int, help="page number, from 1 (--limit per page)"
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output (a list)")
 
 
